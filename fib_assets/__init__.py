@@ -1,0 +1,1 @@
+"""fib_assets: a Dagster code location for FIB-SEM volume curation."""
