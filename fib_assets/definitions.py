@@ -1,0 +1,13 @@
+"""The fib_assets code location: wires asset families, resources and the executor."""
+
+import dagster as dg
+
+from fib_assets.defs import acquisitions
+from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+
+defs = dg.Definitions.merge(
+    acquisitions.defs,
+    dg.Definitions(
+        resources={"storage": StorageResource(), "qc_thresholds": QCThresholdsResource()},
+    ),
+)

@@ -1,0 +1,102 @@
+"""Raw acquisitions: the source files of a sample region and its canonical raw volume."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+
+from fib_assets.core import qc
+from fib_assets.core.acquisition.assemble import execute_raw_volume, plan_raw_volume
+from fib_assets.core.acquisition.region import inventory_region
+from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json
+from fib_assets.defs.acquisitions import checks
+from fib_assets.defs.metadata import (
+    acquisition_metadata,
+    latest_materialization,
+    raw_volume_metadata,
+)
+from fib_assets.defs.partitions import regions
+from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+
+OWNERS = ["team:curation"]
+GROUP = "acquisitions"
+
+
+@dg.asset(
+    partitions_def=regions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"parquet", "python"},
+    code_version="1",
+    check_specs=checks.RAW_ACQUISITION_CHECKS,
+)
+def raw_acquisition(
+    context: dg.AssetExecutionContext, storage: StorageResource
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """Inventory of one sample region as it came off the microscope: every source file (.dat
+    slices or TIFF) with its sha256 fixity, the parsed Janelia headers as a Parquet table, and
+    the acquisition metadata from region.yaml. Its data version is the sha256 of the manifest,
+    so new or changed bytes make every downstream asset stale."""
+    region = context.partition_key
+    source = storage.region_source(region)
+    inv = inventory_region(source)
+    out = storage.asset_dir("raw_acquisition", region) / inv.digest[:16]
+    atomic_write_bytes(out / "manifest-sha256.txt", inv.manifest.encode())
+    headers = inv.headers_frame()
+    tmp = out / ".headers.parquet.tmp"
+    headers.to_parquet(tmp)
+    tmp.replace(out / "headers.parquet")
+    atomic_write_json(out / "region.json", inv.meta)
+    context.log.info(f"{region}: {len(inv.files)} source files, {inv.total_bytes} bytes")
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(inv.digest),
+        metadata=acquisition_metadata(inv, out, headers),
+        check_results=checks.raw_acquisition_results(inv),
+    )
+
+
+@dg.asset(
+    partitions_def=regions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"zarr", "python"},
+    code_version="1",
+    deps=[raw_acquisition],
+    check_specs=checks.RAW_VOLUME_CHECKS,
+)
+def raw_volume(
+    context: dg.AssetExecutionContext, storage: StorageResource, qc_thresholds: QCThresholdsResource
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    """The canonical raw volume of a region: OME-Zarr v0.5 (Zarr v3, sharded, zstd) with a
+    multiscale pyramid s0..sN, the uint16 detector channels (c, z, y, x) and a contrast-adjusted
+    uint8 channel (z, y, x); voxel size in nm. Written blockwise (peak memory = one shard) into
+    a content-addressed folder, so earlier versions stay readable."""
+    region = context.partition_key
+    inv = inventory_region(storage.region_source(region))
+    upstream = latest_materialization(context.instance, raw_acquisition.key, region)
+    if upstream is not None and upstream.get("data_version") not in (None, inv.digest):
+        raise dg.Failure(
+            f"{storage.region_source(region)}: source files changed since raw_acquisition was "
+            f"materialized (manifest {inv.digest[:12]} != {upstream['data_version'][:12]}); "
+            "re-materialize raw_acquisition first"
+        )
+    plan = plan_raw_volume(inv)
+    context.log.info(f"{region}: plan {plan.shape} in {len(plan.block_plan)} blocks")
+    result = execute_raw_volume(plan, storage.asset_dir("raw_volume", region))
+    t = qc_thresholds
+    thresholds = qc.QCThresholds(
+        max_saturation_fraction=t.max_saturation_fraction,
+        max_brightness_drift=t.max_brightness_drift,
+        max_lateral_drift_px=t.max_lateral_drift_px,
+        **(
+            {"max_curtaining_score": t.max_curtaining_score}
+            if t.max_curtaining_score is not None
+            else {}
+        ),
+    )
+    stats: pd.DataFrame = result.stats
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(result.checksum),
+        metadata=raw_volume_metadata(result),
+        check_results=checks.raw_volume_results(stats, result.shifts, thresholds),
+    )

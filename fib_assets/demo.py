@@ -1,0 +1,119 @@
+"""`make demo`: a synthetic sample through the whole asset graph on the embedded instance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from fib_assets.core.acquisition.region import check_region_complete
+from fib_assets.defs.partitions import regions
+from fib_assets.defs.resources import REPO_ROOT
+
+# Each demo region shows something: two clean regions, one with image artefacts that the
+# (warning) image-quality checks flag, one with acquisition faults that the blocking checks
+# catch so its downstream assets are skipped.
+DEMO_REGIONS: dict[str, tuple[str, ...]] = {
+    "r001": (),
+    "r002": (),
+    "r003": ("curtaining", "brightness_drift", "lateral_drift", "saturation"),
+    "r004": ("dropped_slices", "duplicated_slices", "truncated_file"),
+}
+
+
+def default_dagster_home() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home")
+
+
+def prepare_dagster_home(home: Path) -> Path:
+    """Create DAGSTER_HOME with the repo's dagster.yaml (SQLite storage under it)."""
+    home.mkdir(parents=True, exist_ok=True)
+    src = REPO_ROOT / "dagster.yaml"
+    dst = home / "dagster.yaml"
+    if src.exists() and (not dst.exists() or dst.read_text() != src.read_text()):
+        dst.write_text(src.read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def synthesize_demo_sample(
+    data_dir: Path, *, shape: tuple[int, int, int], seed: int, progress: bool = True
+) -> list[str]:
+    """Write the demo regions into ``data_dir/landing`` (skipping complete ones) and their
+    ground truth into ``data_dir/groundtruth``."""
+    from fib_assets.core.acquisition.synthetic import (
+        SyntheticSample,
+        write_ground_truth,
+        write_region,
+    )
+
+    written = []
+    for i, (region, artefacts) in enumerate(DEMO_REGIONS.items()):
+        region_dir = data_dir / "landing" / region
+        gt = data_dir / "groundtruth" / f"{region}.zarr"
+        sample = SyntheticSample(shape, seed=seed + i, artefacts=artefacts)
+        if check_region_complete(region_dir) is not None:
+            write_region(region_dir, sample, region=region, sample_id="synthcell", progress=progress)
+            written.append(region)
+        if not gt.exists():
+            write_ground_truth(gt, sample)
+    return written
+
+
+@dataclass
+class DemoRegionOutcome:
+    region: str
+    success: bool
+    reused: bool
+    failed_checks: list[str]
+    skipped_assets: list[str]
+
+
+def register_regions(instance: dg.DagsterInstance, landing: Path) -> list[str]:
+    """Add every complete, valid landing-zone region as a partition (what the sensor does)."""
+    from fib_assets.defs.acquisitions.sensors import scan_landing_zone
+
+    complete, rejected, _ = scan_landing_zone(landing)
+    for name, why in rejected.items():
+        print(f"  rejected landing-zone folder {name!r}: {why}")
+    known = set(instance.get_dynamic_partitions(regions.name or "regions"))
+    new = [r for r in complete if r not in known]
+    if new:
+        instance.add_dynamic_partitions(regions.name or "regions", new)
+    return complete
+
+
+def materialize_region(
+    defs: dg.Definitions, instance: dg.DagsterInstance, region: str
+) -> DemoRegionOutcome:
+    """Materialize every region-partitioned asset (and its checks) for one region, unless the
+    instance already has all of them (then it is reused, which makes the demo idempotent)."""
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def == regions]
+    done = all(
+        instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=k, asset_partitions=[region]), limit=1
+        ).records
+        for k in keys
+    )
+    if done:
+        return DemoRegionOutcome(region, True, True, [], [])
+    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    result = dg.materialize(
+        assets,
+        selection=dg.AssetSelection.assets(*keys),
+        partition_key=region,
+        instance=instance,
+        resources=dict(defs.resources or {}),
+        raise_on_error=False,
+    )
+    failed = [
+        f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        for ev in result.get_asset_check_evaluations()
+        if not ev.passed
+    ]
+    materialized = {ev.asset_key for ev in result.get_asset_materialization_events()}
+    skipped = [k.to_user_string() for k in keys if k not in materialized]
+    return DemoRegionOutcome(region, result.success, False, failed, skipped)
