@@ -21,7 +21,9 @@ def _fail(message: str) -> None:
 
 
 @app.command("dat-header")
-def dat_header(file: Path = typer.Argument(..., help="A Janelia enhanced FIB-SEM .dat file.")) -> None:
+def dat_header(
+    file: Path = typer.Argument(..., help="A Janelia enhanced FIB-SEM .dat file."),
+) -> None:
     """Print the parsed .dat header as JSON (Janelia field names: FileVersion, ChanNum, …)."""
     from fib_assets.core.acquisition.dat import DatError, read_dat_header
 
@@ -160,7 +162,9 @@ def demo(
         for c in o.failed_checks:
             typer.echo(f"      failed check {c}")
         if o.skipped_assets:
-            typer.echo(f"      downstream not materialized (blocked): {', '.join(o.skipped_assets)}")
+            typer.echo(
+                f"      downstream not materialized (blocked): {', '.join(o.skipped_assets)}"
+            )
     typer.echo(
         f"\nData under {data}/storage; instance at {home}.\n"
         "Next: `make ui` and open http://127.0.0.1:3000 (Assets → raw_volume → Partitions), "

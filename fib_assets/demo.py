@@ -55,7 +55,9 @@ def synthesize_demo_sample(
         gt = data_dir / "groundtruth" / f"{region}.zarr"
         sample = SyntheticSample(shape, seed=seed + i, artefacts=artefacts)
         if check_region_complete(region_dir) is not None:
-            write_region(region_dir, sample, region=region, sample_id="synthcell", progress=progress)
+            write_region(
+                region_dir, sample, region=region, sample_id="synthcell", progress=progress
+            )
             written.append(region)
         if not gt.exists():
             write_ground_truth(gt, sample)

@@ -209,7 +209,9 @@ class BlockPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BlockPlan:
-        return cls(tuple(d["volume_shape"]), tuple(d["block_shape"]), tuple(d.get("halo", (0, 0, 0))))  # type: ignore[arg-type]
+        return cls(
+            tuple(d["volume_shape"]), tuple(d["block_shape"]), tuple(d.get("halo", (0, 0, 0)))
+        )  # type: ignore[arg-type]
 
 
 def pyramid_shapes(

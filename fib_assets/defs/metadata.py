@@ -49,9 +49,7 @@ def _table(df: pd.DataFrame, max_rows: int = 12) -> str:
     return "\n".join(lines)
 
 
-def acquisition_metadata(
-    inv: RegionInventory, out: Path, headers: pd.DataFrame
-) -> dict[str, Any]:
+def acquisition_metadata(inv: RegionInventory, out: Path, headers: pd.DataFrame) -> dict[str, Any]:
     meta = inv.meta
     cols = [
         c

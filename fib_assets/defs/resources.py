@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_data_dir() -> str:
-    """``$FIB_ASSETS_DATA`` or ``<repo>/data``: the embedded default keeps everything in the repo."""
+    """``$FIB_ASSETS_DATA`` or ``<repo>/data``: the embedded default keeps data in the repo."""
     return os.environ.get("FIB_ASSETS_DATA", str(REPO_ROOT / "data"))
 
 
@@ -49,18 +49,25 @@ class QCThresholdsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Thresholds of the raw-data quality checks (change them in the Launchpad per run)."""
 
     max_saturation_fraction: float = Field(
-        default=0.005, gt=0, description="Largest tolerated fraction of voxels at the detector's "
-        "extreme values (clipped signal)."
+        default=0.005,
+        gt=0,
+        description="Largest tolerated fraction of voxels at the detector's "
+        "extreme values (clipped signal).",
     )
     max_brightness_drift: float = Field(
-        default=0.10, gt=0, description="Largest tolerated relative change of mean slice "
-        "brightness from the first to the last slice (0.10 = 10 %)."
+        default=0.10,
+        gt=0,
+        description="Largest tolerated relative change of mean slice "
+        "brightness from the first to the last slice (0.10 = 10 %).",
     )
     max_curtaining_score: float | None = Field(
-        default=None, description="Largest tolerated curtaining (vertical streak) score; empty "
-        "uses the calibrated default of fib_assets.core.qc.QCThresholds."
+        default=None,
+        description="Largest tolerated curtaining (vertical streak) score; empty "
+        "uses the calibrated default of fib_assets.core.qc.QCThresholds.",
     )
     max_lateral_drift_px: float = Field(
-        default=2.0, gt=0, description="Largest tolerated shift between consecutive slices, in "
-        "pixels (phase correlation on a central crop)."
+        default=2.0,
+        gt=0,
+        description="Largest tolerated shift between consecutive slices, in "
+        "pixels (phase correlation on a central crop).",
     )

@@ -21,7 +21,18 @@ def test_valid_region_keys(key):
 @pytest.mark.parametrize(
     "key",
     ["", "R001", "../etc", "a/b", "_r1", "-r1", "r 1", "r1\n", "0" * 64, "région"],
-    ids=["empty", "upper", "dotdot", "slash", "underscore", "dash", "space", "newline", "long", "accent"],
+    ids=[
+        "empty",
+        "upper",
+        "dotdot",
+        "slash",
+        "underscore",
+        "dash",
+        "space",
+        "newline",
+        "long",
+        "accent",
+    ],
 )
 def test_invalid_region_keys_name_the_key(key):
     with pytest.raises(RegionKeyError, match="invalid region key"):

@@ -147,7 +147,9 @@ def plan_raw_volume(
         elif all(p == 1 for p in pages):
             z = len(files)
         else:
-            raise RegionError(f"{inventory.directory}: use one multi-page TIFF or one file per slice")
+            raise RegionError(
+                f"{inventory.directory}: use one multi-page TIFF or one file per slice"
+            )
     else:
         z = len(files)
     shape = (z, y, x)
@@ -182,7 +184,9 @@ class SliceReader:
 
     def read(self, roi: Roi) -> np.ndarray:
         (z0, y0, x0), (z1, y1, x1) = roi.offset, roi.end
-        out = np.empty((self.plan.channels, z1 - z0, y1 - y0, x1 - x0), dtype=self.plan.source_dtype)
+        out = np.empty(
+            (self.plan.channels, z1 - z0, y1 - y0, x1 - x0), dtype=self.plan.source_dtype
+        )
         if self.paths[0].suffix.lower() == ".dat":
             from fib_assets.core.acquisition.dat import read_dat_roi
 
@@ -265,9 +269,10 @@ def _percentile_range(hist: np.ndarray, p_low: float, p_high: float) -> tuple[in
 
 
 def stretch_to_uint8(tile_uint16: np.ndarray, low: int, high: int) -> np.ndarray:
-    """Linear contrast stretch: ``low`` → 0, ``high`` → 255, clipped; values in the uint16 domain."""
+    """Linear stretch of uint16 values: ``low`` → 0, ``high`` → 255, clipped."""
     scaled = (tile_uint16.astype(np.float32) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return out
 
 
 def _sha(arr: np.ndarray) -> str:
@@ -355,8 +360,8 @@ def execute_raw_volume(
 
     root = zarr.open_group(str(staging), mode="r+")
     reader = SliceReader(plan)
-    raw_levels = [root[f"raw/s{i}"] for i in range(len(plan.level_shapes))]
-    u8_levels = [root[f"uint8/s{i}"] for i in range(len(plan.level_shapes))]
+    raw_levels = [_array(root, f"raw/s{i}") for i in range(len(plan.level_shapes))]
+    u8_levels = [_array(root, f"uint8/s{i}") for i in range(len(plan.level_shapes))]
 
     def write_s0(block: Block) -> dict[str, Any]:
         sl = block.write_roi.to_slices()
@@ -420,6 +425,13 @@ def execute_raw_volume(
         str(final), plan, checksum, block_checksums, surveyed.low, surveyed.high,
         surveyed.stats, surveyed.shifts, _dir_bytes(final), False,
     )  # fmt: skip
+
+
+def _array(root: zarr.Group, path: str) -> zarr.Array[Any]:
+    arr = root[path]
+    if not isinstance(arr, zarr.Array):
+        raise ValueError(f"{root.store}: {path} is not an array")
+    return arr
 
 
 def os_replace_dir(src: Path, dst: Path) -> None:

@@ -345,8 +345,10 @@ def dat_header_dtype(version: int, channels: int) -> np.dtype[np.void]:
 # Header value conversion
 # --------------------------------------------------------------------------------------------
 def _decode_text(raw: bytes) -> str:
-    # LabVIEW writes ASCII in practice; latin-1 keeps any stray byte readable instead of failing.
-    raw = raw.rstrip(b"\0")
+    # Strings are NUL-terminated: bytes after the first NUL are leftovers of an older,
+    # longer value, not part of this one. LabVIEW writes ASCII in practice; latin-1 keeps
+    # any stray byte readable instead of failing.
+    raw = raw.split(b"\0", 1)[0]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -355,7 +357,7 @@ def _decode_text(raw: bytes) -> str:
 
 def _to_python(value: Any) -> Any:
     """numpy header value -> python scalar / str / nested list."""
-    if isinstance(value, bytes):  # numpy strips trailing NULs of S fields already
+    if isinstance(value, bytes):
         return _decode_text(value)
     if isinstance(value, np.ndarray):
         return [_to_python(v) for v in value]

@@ -28,10 +28,9 @@ class RegionError(ValueError):
 
 
 def source_files(region_dir: Path) -> list[Path]:
-    """Source files of a region in acquisition order (sorted names: instrument names sort by time)."""
-    return sorted(
-        p for p in Path(region_dir).iterdir() if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES
-    )
+    """Source files of a region in acquisition order (instrument file names sort by time)."""
+    paths = Path(region_dir).iterdir()
+    return sorted(p for p in paths if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES)
 
 
 def read_region_meta(region_dir: Path) -> dict[str, Any]:

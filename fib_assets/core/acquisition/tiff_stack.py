@@ -78,6 +78,9 @@ def _open_tiff(path: Path) -> Iterator[tifffile.TiffFile]:
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
         raise TiffStackError(f"{path}: unreadable TIFF: {exc}") from exc
     with tif:
+        # A valid signature with a broken first-IFD offset opens "successfully" with no pages.
+        if len(tif.pages) == 0:
+            raise TiffStackError(f"{path}: unreadable TIFF: no image pages (corrupt IFD)")
         yield tif
 
 

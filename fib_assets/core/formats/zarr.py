@@ -2,7 +2,7 @@
 
 Layout of a container written here::
 
-    <name>.ome.zarr/            zarr group, attributes {"ome": {"version": "0.5"}, "fib_assets": {...}}
+    <name>.ome.zarr/            zarr group; attributes "ome" {"version": "0.5"}, "fib_assets"
       raw/                      multiscale image, axes (c, z, y, x), uint16 detector channels
         s0, s1, ...             arrays, each level downsampled 2x per spatial axis (mean)
       uint8/                    multiscale image, axes (z, y, x), contrast-adjusted uint8
@@ -13,6 +13,7 @@ centres move by (f-1)/2 of a voxel at each mean-downsampling level).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def create_multiscale_image(
     channels: int | None = None,
     compression_level: int = 3,
     attributes: dict[str, Any] | None = None,
-) -> list[zarr.Array]:
+) -> list[zarr.Array[Any]]:
     """Create the arrays ``name/s0..sN`` (empty, fill 0) and the group's NGFF metadata.
 
     ``channels`` adds a leading channel axis (one chunk per channel) when given.
@@ -140,17 +141,19 @@ def downsample_mean(block: np.ndarray, factor: int = 2) -> np.ndarray:
     mean = sums / counts
     if np.issubdtype(block.dtype, np.integer):
         info = np.iinfo(block.dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(block.dtype)
-    return mean.astype(block.dtype)
+        out: np.ndarray = np.clip(np.rint(mean), info.min, info.max).astype(block.dtype)
+        return out
+    result: np.ndarray = mean.astype(block.dtype)
+    return result
 
 
-def open_multiscale(path: str | Path, name: str) -> tuple[dict[str, Any], list[zarr.Array]]:
+def open_multiscale(path: str | Path, name: str) -> tuple[dict[str, Any], list[zarr.Array[Any]]]:
     """Open image ``name`` of an OME-Zarr container: its ``ome`` metadata and levels s0..sN."""
     root = zarr.open_group(str(path), mode="r")
     group = root[name]
     if not isinstance(group, zarr.Group):
         raise ValueError(f"{path}: {name!r} is not a multiscale image group")
-    ome = dict(group.attrs.get("ome", {}))
+    ome: dict[str, Any] = json.loads(json.dumps(group.attrs.asdict().get("ome", {})))
     if not ome.get("multiscales"):
         raise ValueError(f"{path}/{name}: no OME-NGFF 'multiscales' metadata")
     levels = []

@@ -1,4 +1,4 @@
-"""Fixity: sha256 manifests of source files, streamed so files of any size hash in bounded memory."""
+"""Fixity: sha256 manifests of source files, hashed in bounded memory whatever their size."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def raw_acquisition_results(inv: RegionInventory) -> list[dg.AssetCheckResult]:
     return [
         outcome_result("raw_acquisition", SLICE_CONTINUITY, continuity, severity=sev),
         outcome_result(
-            "raw_acquisition", SOURCE_FILES_READABLE, readability_outcome(inv), severity=sev),
+            "raw_acquisition", SOURCE_FILES_READABLE, readability_outcome(inv), severity=sev
+        ),
     ]
 
 
@@ -115,8 +116,19 @@ def raw_volume_results(
     # image-quality problems leave the data usable: they warn, and curators decide
     sev = dg.AssetCheckSeverity.WARN
     return [
-        outcome_result("raw_volume", SATURATION, qc.check_saturation(stats, thresholds), severity=sev),
-        outcome_result("raw_volume", BRIGHTNESS_DRIFT, qc.check_brightness_drift(stats, thresholds), severity=sev),
-        outcome_result("raw_volume", CURTAINING, qc.check_curtaining(stats, thresholds), severity=sev),
-        outcome_result("raw_volume", LATERAL_DRIFT, qc.check_lateral_drift(shifts, thresholds), severity=sev),
+        outcome_result(
+            "raw_volume", SATURATION, qc.check_saturation(stats, thresholds), severity=sev
+        ),
+        outcome_result(
+            "raw_volume",
+            BRIGHTNESS_DRIFT,
+            qc.check_brightness_drift(stats, thresholds),
+            severity=sev,
+        ),
+        outcome_result(
+            "raw_volume", CURTAINING, qc.check_curtaining(stats, thresholds), severity=sev
+        ),
+        outcome_result(
+            "raw_volume", LATERAL_DRIFT, qc.check_lateral_drift(shifts, thresholds), severity=sev
+        ),
     ]

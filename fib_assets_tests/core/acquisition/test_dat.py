@@ -453,6 +453,13 @@ def test_corrupt_channel_count(two_channel_file: tuple[Path, np.ndarray]) -> Non
         read_dat_header(path)
 
 
+def test_strings_end_at_the_first_nul(two_channel_file: tuple[Path, np.ndarray]) -> None:
+    path, _ = two_channel_file
+    _patch(path, 380, b"InLens\0old")  # DetA slot (10 bytes) with leftovers after the NUL
+
+    assert read_dat_header(path).fields["DetA"] == "InLens"
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.dat"
     with pytest.raises(FileNotFoundError, match="absent.dat"):
