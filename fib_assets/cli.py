@@ -137,6 +137,7 @@ def demo(
     from fib_assets.demo import (
         default_dagster_home,
         materialize_region,
+        materialize_unpartitioned,
         prepare_dagster_home,
         register_regions,
         synthesize_demo_sample,
@@ -155,6 +156,8 @@ def demo(
         for region in found:
             typer.echo(f"materializing {region} …")
             outcomes.append(materialize_region(defs, instance, region))
+        typer.echo("materializing cross-region tables …")
+        tables = materialize_unpartitioned(defs, instance)
     typer.echo("\nSummary")
     for o in outcomes:
         state = "reused" if o.reused else ("ok" if o.success else "stopped")
@@ -165,6 +168,8 @@ def demo(
             typer.echo(
                 f"      downstream not materialized (blocked): {', '.join(o.skipped_assets)}"
             )
+    for name, ok in tables.items():
+        typer.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
     typer.echo(
         f"\nData under {data}/storage; instance at {home}.\n"
         "Next: `make ui` and open http://127.0.0.1:3000 (Assets → raw_volume → Partitions), "

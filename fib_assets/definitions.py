@@ -2,11 +2,13 @@
 
 import dagster as dg
 
-from fib_assets.defs import acquisitions
+from fib_assets.defs import acquisitions, benchmarks, formats
 from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 
 defs = dg.Definitions.merge(
     acquisitions.defs,
+    formats.defs,
+    benchmarks.defs,
     dg.Definitions(
         resources={"storage": StorageResource(), "qc_thresholds": QCThresholdsResource()},
     ),

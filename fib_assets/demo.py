@@ -87,21 +87,40 @@ def register_regions(instance: dg.DagsterInstance, landing: Path) -> list[str]:
     return complete
 
 
+def _region_outcome_from_instance(
+    defs: dg.Definitions, instance: dg.DagsterInstance, region: str
+) -> DemoRegionOutcome:
+    from fib_assets.status import collect_status
+
+    rows = [r for r in collect_status(defs, instance) if r.partition == region]
+    failed = [f"{r.asset}:{c.name}" for r in rows for c in r.checks if c.status == "FAILED"]
+    skipped = [r.asset for r in rows if not r.materialized]
+    return DemoRegionOutcome(region, not failed and not skipped, True, failed, skipped)
+
+
 def materialize_region(
     defs: dg.Definitions, instance: dg.DagsterInstance, region: str
 ) -> DemoRegionOutcome:
-    """Materialize every region-partitioned asset (and its checks) for one region, unless the
-    instance already has all of them (then it is reused, which makes the demo idempotent)."""
+    """Materialize every region-partitioned asset (and its checks) for one region, unless a
+    demo run already covered the same asset selection (then it is reused: idempotent)."""
+    from fib_assets.core.blockwise import fingerprint
+
     graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def == regions]
-    done = all(
-        instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=k, asset_partitions=[region]), limit=1
-        ).records
-        for k in keys
+    keys = sorted(
+        (k for k in graph.materializable_asset_keys if graph.get(k).partitions_def == regions),
+        key=lambda k: k.to_user_string(),
     )
-    if done:
-        return DemoRegionOutcome(region, True, True, [], [])
+    selection_id = fingerprint([k.to_user_string() for k in keys])[:16]
+    tags = {"fib_assets/demo": "1", "fib_assets/demo_selection": selection_id}
+    previous = instance.get_runs(
+        dg.RunsFilter(
+            tags={**tags, "dagster/partition": region},
+            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
+        ),
+        limit=1,
+    )
+    if previous:
+        return _region_outcome_from_instance(defs, instance, region)
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     result = dg.materialize(
         assets,
@@ -110,6 +129,7 @@ def materialize_region(
         instance=instance,
         resources=dict(defs.resources or {}),
         raise_on_error=False,
+        tags=tags,
     )
     failed = [
         f"{ev.asset_key.to_user_string()}:{ev.check_name}"
@@ -119,3 +139,24 @@ def materialize_region(
     materialized = {ev.asset_key for ev in result.get_asset_materialization_events()}
     skipped = [k.to_user_string() for k in keys if k not in materialized]
     return DemoRegionOutcome(region, result.success, False, failed, skipped)
+
+
+def materialize_unpartitioned(
+    defs: dg.Definitions, instance: dg.DagsterInstance
+) -> dict[str, bool]:
+    """Materialize the cross-region assets (benchmark tables); returns {asset: success}."""
+    graph = defs.resolve_asset_graph()
+    keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
+    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    out = {}
+    for key in sorted(keys, key=lambda k: k.to_user_string()):
+        result = dg.materialize(
+            assets,
+            selection=dg.AssetSelection.assets(key),
+            instance=instance,
+            resources=dict(defs.resources or {}),
+            raise_on_error=False,
+            tags={"fib_assets/demo": "1"},
+        )
+        out[key.to_user_string()] = result.success
+    return out

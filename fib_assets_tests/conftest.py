@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 
-TINY_SHAPE = (16, 48, 48)
+TINY_SHAPE = (16, 64, 64)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from fib_assets.core.acquisition.dat import write_dat
+from fib_assets.core.geometry import validate_region_key
 
 __all__ = [
     "ARTEFACTS",
@@ -94,7 +95,6 @@ CLASS_IDS: dict[str, int] = {
     "cyto": 35,
 }
 
-_REGION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # SampleID is an S25 field of the v9 header; the id also prefixes every file name.
 _SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,24}$")
 
@@ -181,12 +181,12 @@ _SIGNAL = np.array(
 
 # Detector model per channel: expected electrons per pixel at signal 1, counts per electron
 # (int16 units per unit signal), dark offset and Gaussian read noise (int16 units).
-_PHOTONS = (40.0, 16.0)
+_PHOTONS = (90.0, 35.0)
 _SCALE = (14000.0, 9000.0)
 _OFFSET = (-1500.0, -600.0)
 _READ_NOISE = (120.0, 150.0)
 _BEAM_SIGMA_PX = 0.8
-_SATURATION_GAIN = 4.0  # contrast set too high: values are stretched around the pivot and clip
+_SATURATION_GAIN = 5.0  # contrast set too high: values are stretched around the pivot and clip
 _SATURATION_PIVOT = 0.45  # signal level that keeps its value under the saturation gain
 
 _INT16_MIN, _INT16_MAX = -32768, 32767
@@ -265,7 +265,7 @@ class _Ellipsoid:
 
     def half_extent(self, pad: float) -> Array:
         reach = self.semi * (1.0 + self.wobble.max_amp)
-        return np.sqrt(((self.rot * reach[None, :]) ** 2).sum(axis=1)) + pad
+        return np.asarray(np.sqrt(((self.rot * reach[None, :]) ** 2).sum(axis=1)) + pad)
 
     def local(self, zz: Array, yy: Array, xx: Array) -> tuple[Array, Array, Array]:
         d0, d1, d2 = zz - self.center[0], yy - self.center[1], xx - self.center[2]
@@ -455,7 +455,10 @@ class SyntheticSample:
         nz, ny, nx = self.shape_zyx
         self._t_mem = max(1.25, 9.0 / self.voxel_size_nm)  # membrane thickness, px
         self._init_artefacts()
-        margin = float(np.abs(self._drift).max()) + 4.0
+        # texture lattices cover the field of view plus a margin that depends on the shape only,
+        # so a sample with lateral drift has the same texture as the clean one (beyond the
+        # margin the texture is clamped, not wrong)
+        margin = 0.25 * max(ny, nx) + 8.0
         self._noise_stain = _ValueNoise((self.seed, 10), 12.0, self.shape_zyx, margin)
         self._noise_fine = _ValueNoise((self.seed, 11), 1.6, self.shape_zyx, margin)
         self._build_geometry(np.random.default_rng(self.seed))
@@ -499,13 +502,14 @@ class SyntheticSample:
     # -- artefact parameters (O(Z) memory) ----------------------------------------------------
 
     def _init_artefacts(self) -> None:
-        nz, ny, nx = self.shape_zyx
+        shape_zyx = self.shape_zyx
+        nz, ny, nx = shape_zyx
         on = set(self.artefacts)
 
         def rng(i: int) -> np.random.Generator:
             return np.random.default_rng((self.seed, 1, i))
 
-        # lateral drift: random walk of sub-pixel steps with a few stage jumps of 3-6 px
+        # lateral drift: random walk of sub-pixel steps with a few stage jumps of 4-7 px
         self._drift = np.zeros((nz, 2))
         if "lateral_drift" in on and nz > 1:
             r = rng(0)
@@ -514,7 +518,7 @@ class SyntheticSample:
             n_jumps = max(1, nz // 12)
             for z in r.choice(np.arange(1, nz), size=min(n_jumps, nz - 1), replace=False):
                 angle = r.uniform(0, 2 * np.pi)
-                steps[z] = r.uniform(3.0, 6.0) * np.array([math.sin(angle), math.cos(angle)])
+                steps[z] = r.uniform(4.0, 7.0) * np.array([math.sin(angle), math.cos(angle)])
             self._drift = np.cumsum(steps, axis=0)
 
         # brightness drift: linear gain along z, 25-40 % end to end, random direction
@@ -533,7 +537,7 @@ class SyntheticSample:
             self._curtains = (
                 r.uniform(0, nx, k),  # centre x, px
                 r.uniform(0.6, 2.5, k),  # width sigma, px
-                r.uniform(0.08, 0.2, k) * np.where(r.random(k) < 0.6, -1.0, 1.0),  # amplitude
+                r.uniform(0.12, 0.3, k) * np.where(r.random(k) < 0.6, -1.0, 1.0),  # amplitude
                 r.uniform(20.0, 80.0, k),  # z period, slices
                 r.uniform(0, 2 * np.pi, k),  # z phase
             )
@@ -545,10 +549,13 @@ class SyntheticSample:
             n = max(1, round(0.15 * nz))
             self._charged = frozenset(int(z) for z in r.choice(nz, size=n, replace=False))
 
-        # file-level artefacts
+        # file-level artefacts; the first and last slice are never dropped, so a drop always
+        # shows as a jump in FIBSliceNum
         interior = np.arange(1, nz - 1) if nz >= 3 else np.arange(nz)
         self._dropped: tuple[int, ...] = ()
         if "dropped_slices" in on:
+            if nz < 3:
+                raise ValueError(f"dropped_slices needs at least 3 slices, shape is {shape_zyx}")
             r = rng(4)
             n = min(max(1, round(0.05 * nz)), interior.size)
             self._dropped = tuple(sorted(int(z) for z in r.choice(interior, n, replace=False)))
@@ -574,22 +581,24 @@ class SyntheticSample:
         vox = self.voxel_size_nm
         ident = np.eye(3)
 
-        # cell: fills the field of view in y/x; at least as deep as it is wide/2 so thin volumes
-        # cut through its middle
-        semi = np.array([max(0.46 * nz, 0.40 * min(ny, nx)), 0.44 * ny, 0.44 * nx])
+        # cell: fills the field of view but for the corners (extracellular space); deeper than
+        # the volume so every slice cuts through it. Cell and nucleus are centred in z: their
+        # cross-sections then change symmetrically along z and do not masquerade as a
+        # brightness drift in the slice means.
+        semi = np.array([max(0.9 * nz, 0.5 * min(ny, nx)), 0.6 * ny, 0.6 * nx])
         semi *= rng.uniform(0.95, 1.05, 3)
         center = np.array([nz / 2, ny / 2, nx / 2]) + rng.uniform(-0.03, 0.03, 3) * np.array(
-            [nz, ny, nx]
+            [0, ny, nx]
         )
         self._cell = _Ellipsoid(center, semi, ident, _make_wobble(rng, 0.05))
         scale = float(np.prod(semi) ** (1 / 3))  # characteristic cell size, px
         self._scale = scale
 
-        # nucleus: off-centre so the cytoplasm has room on one side
-        n_semi = scale * rng.uniform(0.38, 0.48, 3)
+        # nucleus: well off-centre in y/x so the cytoplasm has room on the other side
+        n_semi = scale * rng.uniform(0.28, 0.36, 3)
         n_semi[0] = min(n_semi[0], 0.8 * semi[0])
-        offset = rng.uniform(-0.18, 0.18, 3) * semi
-        offset[0] *= 0.3
+        angle = rng.uniform(0, 2 * np.pi)
+        offset = np.array([0.0, 0.45 * math.sin(angle), 0.45 * math.cos(angle)]) * semi
         self._nucleus = _Ellipsoid(
             center + offset, n_semi, _random_rotation(rng), _make_wobble(rng, 0.06)
         )
@@ -616,18 +625,24 @@ class SyntheticSample:
 
         placed: list[_Sphere] = []
 
-        def place(radius: float, gap: float, tries: int = 80) -> Array | None:
+        def place(
+            radius: float, gap: float, tries: int = 80, offsets: Sequence[Array] = ()
+        ) -> Array | None:
+            """Rejection-sample a centre whose spheres (centre + offsets, ``radius`` px) lie in
+            the cytoplasm, clear of the nucleus and of everything placed so far."""
             lo = np.array([0.5, 0.5, 0.5])
             hi = np.array([nz - 0.5, ny - 0.5, nx - 0.5])
             for _ in range(tries):
                 p = rng.uniform(lo, hi)
-                if not self._cell.contains(p, shrink=radius + 2 * t):
+                points = [p] + [p + o for o in offsets]
+                if not all(
+                    self._cell.contains(q, shrink=radius + 2 * t)
+                    and not self._nucleus.contains(q, grow=radius + ne_outer + gap)
+                    and all(np.linalg.norm(q - s.center) >= s.radius + radius + gap for s in placed)
+                    for q in points
+                ):
                     continue
-                if self._nucleus.contains(p, grow=radius + ne_outer + gap):
-                    continue
-                if any(np.linalg.norm(p - s.center) < s.radius + radius + gap for s in placed):
-                    continue
-                placed.append(_Sphere(p, radius))
+                placed.extend(_Sphere(q, radius) for q in points)
                 return p
             return None
 
@@ -643,7 +658,7 @@ class SyntheticSample:
         for _ in range(1 if scale < 80 else 2):
             arc = max(5.0, scale * rng.uniform(0.18, 0.26))
             r0 = arc * rng.uniform(1.3, 2.2)
-            brad = arc + n_cis * spacing / 2 + t
+            brad = math.hypot(arc, n_cis * spacing / 2) + t
             b = place(brad, 2.0)
             if b is None:
                 continue
@@ -662,21 +677,23 @@ class SyntheticSample:
         self._mito_ims = ims
         b_mito = float(np.clip(0.085 * scale, 2 * t + ims + 2.0, 160.0 / vox))
         mean_len = 2.6 * b_mito
-        n_mito = int(np.clip(round(0.07 * cyto_vol / (4 / 3 * np.pi * b_mito**2 * mean_len)), 3, 80))
+        n_mito = int(
+            np.clip(round(0.07 * cyto_vol / (4 / 3 * np.pi * b_mito**2 * mean_len)), 3, 80)
+        )
         mitos = []
         for _ in range(n_mito):
             b_ = b_mito * rng.uniform(0.85, 1.15)
             a_ = b_ * rng.uniform(1.6, 3.6)
-            p = place(a_ + 1, 1.5)
+            rot = _random_rotation(rng)
+            # a capsule of spheres along the long axis stands in for the ellipsoid
+            along = [k * (a_ - b_) * rot[:, 0] for k in (-1.0, -0.5, 0.5, 1.0)]
+            p = place(b_ + 1, 1.5, offsets=along)
             if p is None:
                 continue
             body = _Ellipsoid(
-                p,
-                np.array([a_, b_, b_ * rng.uniform(0.8, 1.0)]),
-                _random_rotation(rng),
-                _make_wobble(rng, 0.05),
+                p, np.array([a_, b_, b_ * rng.uniform(0.8, 1.0)]), rot, _make_wobble(rng, 0.05)
             )
-            step = max(2.6, 0.55 * b_)
+            step = max(3.5, 0.8 * b_)
             pos = np.arange(-0.8 * a_, 0.8 * a_, step) + rng.uniform(-0.3, 0.3) * step
             n_c = pos.size
             n_nuc = int(rng.integers(0, 3))
@@ -978,8 +995,9 @@ class SyntheticSample:
 
         if self._curtains:
             cx, cw, ca, cp, cph = self._curtains
-            z = np.arange(z0, z1, dtype=np.float64)[:, None, None]
-            amp = ca[None, :, None] * (0.7 + 0.3 * np.sin(2 * np.pi * z / cp[None, :, None] + cph))
+            zf = np.arange(z0, z1, dtype=np.float64)[:, None, None]
+            phase = 2 * np.pi * zf / cp[None, :, None] + cph[None, :, None]
+            amp = ca[None, :, None] * (0.7 + 0.3 * np.sin(phase))  # (nz, k, 1)
             shape = np.exp(-0.5 * ((xs[None, :] - cx[:, None]) / cw[:, None]) ** 2)  # (k, X)
             profile = (amp * shape[None]).sum(axis=1)  # (nz, X)
             sig += profile[None, :, None, :]
@@ -1030,7 +1048,7 @@ class SyntheticSample:
         return self.render(z0, z1, raw=False)[0]
 
     def raw(self, z0: int, z1: int) -> npt.NDArray[np.int16]:
-        """Detector values of slices [z0, z1): array (2, z1-z0, Y, X) int16, channels (InLens, ESB)."""
+        """Detector values of slices [z0, z1): (2, z1-z0, Y, X) int16, channels (InLens, ESB)."""
         raw = self.render(z0, z1, raw=True)[1]
         assert raw is not None
         return raw
@@ -1038,7 +1056,10 @@ class SyntheticSample:
     def render(
         self, z0: int, z1: int, *, raw: bool = True
     ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int16] | None]:
-        """Labels (z, y, x) uint8 and, if ``raw``, raw (channel, z, y, x) int16 of [z0, z1) in one pass."""
+        """Labels (z, y, x) uint8 and, if ``raw``, raw (channel, z, y, x) int16 of [z0, z1).
+
+        One geometry pass serves both, so writers that need both call this.
+        """
         self._check_range(z0, z1)
         _, ny, nx = self.shape_zyx
         labels = np.empty((z1 - z0, ny, nx), dtype=np.uint8)
@@ -1086,7 +1107,11 @@ class RegionInfo:
             region=str(doc["region"]),
             sample_id=str(doc["sample_id"]),
             path=region_dir,
-            shape_zyx=(int(doc["shape_zyx"][0]), int(doc["shape_zyx"][1]), int(doc["shape_zyx"][2])),
+            shape_zyx=(
+                int(doc["shape_zyx"][0]),
+                int(doc["shape_zyx"][1]),
+                int(doc["shape_zyx"][2]),
+            ),
             voxel_size_nm=float(vs["x"]),
             n_files=int(doc["n_files"]),
             channels=tuple(doc["channels"]),
@@ -1136,17 +1161,17 @@ def write_region(
     sample_id: str,
     progress: bool = False,
 ) -> RegionInfo:
-    """Write ``sample`` as a landing-zone folder: one Janelia v9 ``.dat`` per slice, then region.yaml.
+    """Write ``sample`` as a landing-zone folder: one Janelia v9 ``.dat`` per slice, then metadata.
 
     Files are ``{sample_id}_{z:06d}_0-0-0.dat`` (2 channels InLens/ESB, int16, PixelSize =
     voxel size nm, WD in mm decreasing by the milling step per slice, FIBSliceNum =
     ``first_fib_slice + z``). Dropped slices leave a z gap, a duplicated slice adds
-    ``..._0-0-0_dup.dat`` (same pixels and FIBSliceNum, sorted right after the original), a truncated
-    file is cut inside its pixel block. ``region.yaml`` is written last and atomically: its presence
-    marks the folder complete. Slabs are generated one at a time (memory bounded by the slab).
+    ``..._0-0-0_dup.dat`` (same pixels and FIBSliceNum, sorted right after the original), a
+    truncated file is cut inside its pixel block. ``region.yaml`` is written last and atomically:
+    its presence marks the folder complete. Slabs are generated one at a time (memory bounded by
+    the slab).
     """
-    if not _REGION_RE.match(region):
-        raise ValueError(f"region {region!r} must match {_REGION_RE.pattern}")
+    validate_region_key(region)
     if not _SAMPLE_ID_RE.match(sample_id):
         raise ValueError(f"sample_id {sample_id!r} must match {_SAMPLE_ID_RE.pattern}")
     region_dir = Path(region_dir)

@@ -1,6 +1,5 @@
 """The landing-zone sensor: every new complete region folder becomes a partition and a run."""
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
