@@ -49,6 +49,8 @@ def _check_status(
     rec = history[0]
     ev = rec.evaluation
     status = rec.status.value
+    severity = getattr(ev, "severity", None)
+    description = getattr(ev, "description", None)
     if status == "PLANNED":
         # a planned check whose run finished without evaluating it was skipped (blocked upstream)
         run = instance.get_run_by_id(rec.run_id)
@@ -57,8 +59,8 @@ def _check_status(
     return CheckStatus(
         key.name,
         status,
-        ev.severity.value if ev is not None else None,
-        ev.description if ev is not None else None,
+        severity.value if severity is not None else None,
+        description,
     )
 
 

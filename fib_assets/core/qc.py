@@ -383,7 +383,8 @@ def check_slice_continuity(fib_slice_nums: Sequence[int], file_names: Sequence[s
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
-        description = f"Slice sequence broken ({value:g} problems, threshold 0): {shown}."
+        noun = "problem" if value == 1 else "problems"
+        description = f"Slice sequence broken ({value:g} {noun}, threshold 0): {shown}."
     else:
         first = f"{nums[0]}-{nums[-1]}" if nums else "none"
         description = (

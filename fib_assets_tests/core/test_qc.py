@@ -96,13 +96,19 @@ def test_artefact_fails_its_check(artefact: str, check: str) -> None:
 
 def test_offending_slices_point_at_the_artefact() -> None:
     sample = SyntheticSample(SHAPE, seed=SEED, artefacts=["lateral_drift"])
-    steps = np.hypot(*np.diff(sample.lateral_drift_px, axis=0).T)
-    jumps = {int(z) + 1 for z in np.flatnonzero(steps > 3.5)}
+    # pixel (y, x) of slice z shows world point (y, x) + drift[z]: content moves by -step
+    moved = -np.diff(sample.lateral_drift_px, axis=0)
+    jumps = [z for z in range(1, SHAPE[0]) if np.hypot(*moved[z - 1]) > 3.5]
+    assert jumps
     outcome = _outcomes(("lateral_drift",))["lateral_drift"]
-    assert jumps <= set(outcome.offending_slices)
+    assert set(jumps) <= set(outcome.offending_slices)
+    shifts = _assembler_shifts(_channel0(("lateral_drift",))).set_index("z")
+    for z in jumps:
+        measured = shifts.loc[z, ["dy", "dx"]].to_numpy(dtype=np.float64)
+        assert np.hypot(*(measured - moved[z - 1])) < 1.0
 
-    charged = SyntheticSample(SHAPE, seed=SEED, artefacts=["charging"])._charged
-    assert set(_outcomes(("charging",))["saturation"].offending_slices) == set(charged)
+    charged = SyntheticSample(SHAPE, seed=SEED, artefacts=["charging"]).charged_slices
+    assert _outcomes(("charging",))["saturation"].offending_slices == list(charged)
 
 
 def _landing_outcome(tmp_path: Path, artefacts: tuple[str, ...]) -> qc.QCOutcome:

@@ -67,6 +67,7 @@ def _materialize(instance, region, resources):
     instance.add_dynamic_partitions(regions.name, [region])
     return dg.materialize(
         _assets(),
+        selection=dg.AssetSelection.groups("acquisitions"),
         partition_key=region,
         instance=instance,
         resources=resources,
@@ -127,6 +128,11 @@ def test_blocking_check_stops_downstream_of_a_broken_region(resources):
         assert materialized == {"raw_acquisition"}
         rows = {(r.asset, r.partition): r for r in collect_status(defs, instance)}
         assert not rows[("raw_volume", "r002")].materialized
+        acq = {c.name: c.status for c in rows[("raw_acquisition", "r002")].checks}
+        assert acq == {"slice_continuity": "FAILED", "source_files_readable": "FAILED"}
+        assert {c.status for c in rows[("raw_volume", "r002")].checks} <= {"SKIPPED", "not run"}
+        # the clean region's checks are not mixed into the broken one's (per-partition checks)
+        assert rows[("raw_acquisition", "r001")].checks[0].status == "not run"
 
 
 def test_changed_sources_are_refused_until_reinventoried(landing, resources):

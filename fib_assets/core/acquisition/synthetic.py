@@ -122,7 +122,6 @@ _SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,24}$")
     _ER_MEM,
     _ER_LUM,
 ) = range(20)
-_N_MATERIALS = 20
 
 _MATERIAL_CLASS = np.array(
     [
@@ -488,6 +487,11 @@ class SyntheticSample:
     def duplicated_slices(self) -> tuple[int, ...]:
         """z indices written twice with the same FIBSliceNum (``duplicated_slices``)."""
         return self._duplicated
+
+    @property
+    def charged_slices(self) -> tuple[int, ...]:
+        """z indices with a charging patch (``charging`` artefact), else empty."""
+        return tuple(sorted(self._charged))
 
     @property
     def truncated_slice(self) -> int | None:
@@ -989,7 +993,8 @@ class SyntheticSample:
         for c in range(2):
             s = _SIGNAL[c][mat]
             s *= 1.0 + 0.04 * stain
-            s += np.where(speckle, 0.05 * fine, 0.0)
+            # granular texture plus sparse dark ribosome-sized dots (~2-3 px at 8 nm)
+            s += np.where(speckle, 0.04 * fine - 0.25 * np.clip(fine - 0.7, 0.0, None), 0.0)
             sig[c] = s
         del stain, fine, speckle
 
@@ -1222,7 +1227,9 @@ def write_region(
                     "ScanRate": _SCAN_RATE_HZ,
                     "Notes": notes,
                 }
-                write_dat(path, np.ascontiguousarray(raw[:, z - z0]), fields=fields, version=9)
+                write_dat(
+                    path, np.ascontiguousarray(raw[:, z - z0]), fields=fields, version=_DAT_VERSION
+                )
                 if z == sample.truncated_slice and not dup:
                     pixel_bytes = 2 * ny * nx * 2
                     _truncate_atomically(path, 1024 + pixel_bytes * 2 // 5)

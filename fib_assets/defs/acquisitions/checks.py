@@ -8,6 +8,7 @@ import pandas as pd
 
 from fib_assets.core import qc
 from fib_assets.core.acquisition.region import RegionInventory
+from fib_assets.defs.partitions import regions
 
 SLICE_CONTINUITY = "slice_continuity"
 SOURCE_FILES_READABLE = "source_files_readable"
@@ -20,6 +21,7 @@ RAW_ACQUISITION_CHECKS = [
     dg.AssetCheckSpec(
         SLICE_CONTINUITY,
         asset="raw_acquisition",
+        partitions_def=regions,
         blocking=True,
         description="FIBSliceNum increases by one from slice to slice: no dropped slice (gap) "
         "and no slice written twice (duplicate). Fails naming the offending files.",
@@ -27,6 +29,7 @@ RAW_ACQUISITION_CHECKS = [
     dg.AssetCheckSpec(
         SOURCE_FILES_READABLE,
         asset="raw_acquisition",
+        partitions_def=regions,
         blocking=True,
         description="Every source file has a valid header and all its pixel bytes (no "
         "truncated .dat file). Fails naming each file and how many bytes are missing.",
@@ -37,21 +40,25 @@ RAW_VOLUME_CHECKS = [
     dg.AssetCheckSpec(
         SATURATION,
         asset="raw_volume",
+        partitions_def=regions,
         description="Fraction of voxels clipped at the detector's extreme values, per slice.",
     ),
     dg.AssetCheckSpec(
         BRIGHTNESS_DRIFT,
         asset="raw_volume",
+        partitions_def=regions,
         description="Relative change of mean slice brightness along z (robust linear fit).",
     ),
     dg.AssetCheckSpec(
         CURTAINING,
         asset="raw_volume",
+        partitions_def=regions,
         description="Vertical streak energy (FIB curtaining) relative to the image variance.",
     ),
     dg.AssetCheckSpec(
         LATERAL_DRIFT,
         asset="raw_volume",
+        partitions_def=regions,
         description="Shift between consecutive slices (phase correlation on a central crop), px.",
     ),
 ]

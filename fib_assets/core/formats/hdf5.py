@@ -1,0 +1,627 @@
+"""HDF5 volumes: one file holding one chunked, compressed (z, y, x) dataset ``/volume``.
+
+Layout of a file written here::
+
+    <name>.h5
+      /volume              dataset (z, y, x) in voxels, chunked (plan.chunks), compressed:
+                           zstd (hdf5plugin, default level 3), gzip (level 1) or none;
+                           fletcher32 chunk checksums unless ``checksum=False``
+        voxel_size_nm      float64[3], (z, y, x), nanometres
+        axes               "zyx"
+        element_size_um    float32[3], (z, y, x), micrometres (what Fiji's HDF5 plugin and
+                           ilastik read)
+        fib_assets         JSON: shape, dtype, voxel size, the write plan and its fingerprint
+
+Writing is blockwise (one hyperslab per block, peak memory one block), resumable (the staging
+file is reopened ``r+`` and blocks with a done marker are skipped after their stored bytes are
+checked against the marker's sha256) and atomic (:func:`base.publish`). Importing this module
+imports ``hdf5plugin``, which registers the zstd filter before any file is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import h5py
+import hdf5plugin
+import numpy as np
+from tqdm import tqdm
+
+from fib_assets.core.blockwise import BlockLedger
+from fib_assets.core.formats.base import (
+    CorruptChunkError,
+    FormatError,
+    VolumeInfo,
+    VolumeSource,
+    WritePlan,
+    WriteResult,
+    check_roi,
+    ledger_dir,
+    plan_fingerprint,
+    publish,
+    staging_path,
+    tree_size,
+)
+from fib_assets.core.geometry import Block, BlockPlan, Roi, VoxelSize
+
+__all__ = ["SUFFIX", "Hdf5VolumeReader", "open_volume", "plan_write", "write_volume"]
+
+SUFFIX = ".h5"
+FORMAT = "hdf5"
+DATASET = "volume"
+AXES = "zyx"
+
+Compression = Literal["zstd", "gzip"]
+Verify = Literal["structure", "data"]
+
+#: compression -> level used when none is given (zstd-3 and gzip-1: see DESIGN.md figures)
+DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 1}
+#: chunks (z, y, x) in voxels when neither the caller nor the source gives any
+DEFAULT_CHUNKS = (64, 64, 64)
+#: default blocks are the largest chunk-aligned slabs of at most this many bytes
+BLOCK_BUDGET_BYTES = 64 * 2**20
+#: done markers are committed (after a background fsync of the file) about this often; an
+#: exception commits the blocks finished so far, so only a killed process loses more work
+COMMIT_INTERVAL_S = 5.0
+
+ChunkIndex = tuple[int, int, int]
+
+
+# --- describe ------------------------------------------------------------------------------
+
+
+def plan_write(
+    path: str | Path,
+    source: VolumeInfo,
+    *,
+    chunks: Sequence[int] | None = None,
+    block_shape: Sequence[int] | None = None,
+    compression: Compression | None = "zstd",
+    compression_level: int | None = None,
+    checksum: bool = True,
+    verify: Verify = "structure",
+) -> WritePlan:
+    """Describe writing ``source`` to the HDF5 file ``path`` (pure: touches no file).
+
+    ``chunks`` (z, y, x voxels; default the source's chunks, else 64³) are clipped to the
+    volume shape. ``block_shape`` (z, y, x voxels) is honoured exactly when given (blocks that
+    are not chunk-aligned work, but chunks shared by two blocks are written twice); the
+    default is the largest chunk-aligned slab of at most 64 MiB. ``compression`` is ``"zstd"``
+    (level 3 by default), ``"gzip"`` (level 1) or None. ``checksum`` adds HDF5's fletcher32
+    filter so corrupt chunks are detected even when uncompressed. ``verify="structure"``
+    checks after each block that all its chunks are stored; ``"data"`` also reads the block
+    back and compares its sha256 (costs one decode of every block).
+    """
+    shape = source.shape
+    dtype = _storage_dtype(source.dtype, path)
+    if not Path(path).name.endswith(SUFFIX):
+        raise ValueError(f"{path}: an HDF5 volume path must end with {SUFFIX!r}")
+    if any(int(s) <= 0 for s in shape):
+        raise ValueError(f"{path}: volume shape must be positive, got {list(shape)}")
+    if compression is not None and compression not in DEFAULT_LEVELS:
+        raise ValueError(f"{path}: compression must be 'zstd', 'gzip' or None, got {compression!r}")
+    level = None
+    if compression is not None:
+        level = DEFAULT_LEVELS[compression] if compression_level is None else compression_level
+        if compression == "gzip" and not 0 <= level <= 9:
+            raise ValueError(f"{path}: gzip level must be 0..9, got {level}")
+        if compression == "zstd" and not -131072 <= level <= 22:
+            raise ValueError(f"{path}: zstd level must be -131072..22, got {level}")
+    if verify not in ("structure", "data"):
+        raise ValueError(f"{path}: verify must be 'structure' or 'data', got {verify!r}")
+    requested = chunks if chunks is not None else (source.chunks or DEFAULT_CHUNKS)
+    c = _clip(_positive_triple(path, "chunks", requested), shape)
+    if block_shape is None:
+        b = default_block_shape(shape, c, dtype.itemsize)
+    else:
+        b = _clip(_positive_triple(path, "block_shape", block_shape), shape)
+    return WritePlan(
+        format=FORMAT,
+        path=str(path),
+        source=source,
+        chunks=c,
+        block_shape=b,
+        options={
+            "dataset": f"/{DATASET}",
+            "compression": compression,
+            "compression_level": level,
+            "checksum": bool(checksum),
+            "verify": verify,
+        },
+    )
+
+
+def default_block_shape(
+    shape: Sequence[int], chunks: Sequence[int], itemsize: int, budget: int = BLOCK_BUDGET_BYTES
+) -> tuple[int, int, int]:
+    """Largest chunk-aligned block (z, y, x voxels) of at most ``budget`` bytes.
+
+    Full (y, x) slabs of whole chunk rows when one chunk row fits, else rows of chunks, else
+    runs of chunks along x; never smaller than one chunk.
+    """
+    z, y, x = (int(s) for s in shape)
+    cz, cy, cx = (int(c) for c in chunks)
+    slab = cz * y * x * itemsize
+    if slab <= budget:
+        return (min(z, cz * (budget // slab)), y, x)
+    row = cz * cy * x * itemsize
+    if row <= budget:
+        return (cz, min(y, cy * (budget // row)), x)
+    chunk = cz * cy * cx * itemsize
+    return (cz, cy, min(x, cx * max(1, budget // chunk)))
+
+
+# --- do ------------------------------------------------------------------------------------
+
+
+def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = False) -> WriteResult:
+    """Write ``source`` as ``plan`` describes, block by block; resume a failed earlier run.
+
+    Each block is read once from ``source``, written as one hyperslab, verified (see
+    ``plan_write``'s ``verify``) and recorded with the sha256 of its C-order bytes. The file is
+    built at :func:`base.staging_path` and published atomically, so an older variant at
+    ``plan.path`` stays readable until the new one is complete.
+    """
+    started = time.perf_counter()
+    if plan.format != FORMAT:
+        raise ValueError(f"{plan.path}: not an HDF5 plan (format {plan.format!r})")
+    _check_source(plan, source)
+    final = Path(plan.path)
+    staging = staging_path(plan)
+    fingerprint = plan_fingerprint(plan)
+    ledger = BlockLedger(ledger_dir(plan), fingerprint)
+    blocks = list(BlockPlan(plan.source.shape, plan.block_shape).blocks())
+    dtype = _storage_dtype(plan.source.dtype, plan.path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+
+    f, done = _open_staging(plan, staging, ledger, blocks, fingerprint)
+    try:
+        dset = f[DATASET]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-sha") as hasher:
+
+            def write_block(block: Block) -> dict[str, Any]:
+                data = _read_block(source, block, dtype, plan.path)
+                digest = hasher.submit(_sha256, data)  # hashlib and HDF5 both release the GIL
+                dset[block.write_roi.to_slices()] = data
+                f.flush()  # chunk lookups on a clean cache are ~10x cheaper
+                _verify_block(dset, block.write_roi, plan, digest.result(), str(staging))
+                return {"sha256": digest.result()}
+
+            results = _run_blocks(
+                blocks,
+                write_block,
+                ledger,
+                done=done,
+                flush=f.flush,
+                fsync=lambda: _fsync(staging),
+                progress=progress,
+                desc=final.name,
+            )
+        expected = math.prod(math.ceil(s / c) for s, c in zip(dset.shape, plan.chunks, strict=True))
+        stored = int(dset.id.get_num_chunks())
+        if stored != expected:
+            raise FormatError(f"{staging}: {stored} chunks stored, expected {expected}")
+    finally:
+        f.close()
+    _fsync(staging)
+    publish(staging, final)
+    _fsync(final.parent)  # the rename itself
+    shutil.rmtree(ledger.directory, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        ledger_dir(plan).rmdir()  # only when no other plan's markers are left
+    nbytes, nfiles = tree_size(final)
+    return WriteResult(
+        path=str(final),
+        plan=plan,
+        bytes_on_disk=nbytes,
+        file_count=nfiles,
+        seconds=time.perf_counter() - started,
+        block_checksums={bid: str(info["sha256"]) for bid, info in results.items()},
+        library_versions=library_versions(),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "hdf5plugin": hdf5plugin.version,
+        "numpy": np.__version__,
+    }
+
+
+def _open_staging(
+    plan: WritePlan, staging: Path, ledger: BlockLedger, blocks: list[Block], fingerprint: str
+) -> tuple[h5py.File, set[str]]:
+    """The staging file to write into and the ids of blocks that need no rewrite.
+
+    A staging file left by an earlier run of the same plan is reused when it opens, matches the
+    plan and each done block's stored bytes still hash to its marker; anything else starts over
+    (HDF5 metadata of a killed writer is not trusted without that check).
+    """
+    done = ledger.done_ids()
+    if done and staging.exists():
+        try:
+            f = h5py.File(staging, "r+")
+        except OSError:
+            pass
+        else:
+            try:
+                return f, _verified_done_blocks(f, plan, ledger, blocks, done, fingerprint)
+            except (OSError, KeyError, ValueError):
+                f.close()
+    shutil.rmtree(ledger.directory, ignore_errors=True)
+    staging.unlink(missing_ok=True)
+    return _create(plan, staging, fingerprint), set()
+
+
+def _verified_done_blocks(
+    f: h5py.File,
+    plan: WritePlan,
+    ledger: BlockLedger,
+    blocks: list[Block],
+    done: set[str],
+    fingerprint: str,
+) -> set[str]:
+    dset = f[DATASET]
+    meta = json.loads(dset.attrs["fib_assets"])
+    if meta.get("plan_fingerprint") != fingerprint or tuple(dset.chunks) != plan.chunks:
+        raise ValueError(f"{plan.path}: staging file belongs to another plan")
+    good = set()
+    for block in blocks:
+        if block.block_id not in done:
+            continue
+        try:
+            want = ledger.info(block.block_id)["sha256"]
+            if _missing_chunks(dset, block.write_roi, plan.chunks):
+                continue
+            if _sha256(dset[block.write_roi.to_slices()]) == want:
+                good.add(block.block_id)
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable marker or block: write it again
+    return good
+
+
+def _create(plan: WritePlan, staging: Path, fingerprint: str) -> h5py.File:
+    info = plan.source
+    dtype = _storage_dtype(info.dtype, plan.path)
+    vs = info.voxel_size
+    f = h5py.File(staging, "w")
+    try:
+        dset = f.create_dataset(
+            DATASET,
+            shape=info.shape,
+            dtype=dtype,
+            chunks=plan.chunks,
+            fletcher32=bool(plan.options["checksum"]),
+            **_compression_kwargs(plan),
+        )
+        dset.attrs["voxel_size_nm"] = np.array(vs.as_tuple(), dtype=np.float64)
+        dset.attrs["axes"] = AXES
+        dset.attrs["element_size_um"] = np.array([v / 1000 for v in vs.as_tuple()], np.float32)
+        dset.attrs["fib_assets"] = json.dumps(
+            {
+                "format": FORMAT,
+                "shape": list(info.shape),
+                "dtype": dtype.name,
+                "axes": AXES,
+                "voxel_size_nm": vs.to_dict(),
+                "plan": plan.to_dict(),
+                "plan_fingerprint": fingerprint,
+            },
+            sort_keys=True,
+        )
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _compression_kwargs(plan: WritePlan) -> dict[str, Any]:
+    compression = plan.options["compression"]
+    level = plan.options["compression_level"]
+    if compression == "zstd":
+        return dict(hdf5plugin.Zstd(clevel=int(level)))
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": int(level)}
+    return {}
+
+
+def _verify_block(dset: h5py.Dataset, roi: Roi, plan: WritePlan, digest: str, where: str) -> None:
+    """Every chunk of the block is stored; with ``verify="data"`` it also reads back equal."""
+    missing = _missing_chunks(dset, roi, plan.chunks)
+    if missing:
+        raise CorruptChunkError(where, missing[0], "chunk not stored after writing its block")
+    if plan.options["verify"] == "data" and _sha256(dset[roi.to_slices()]) != digest:
+        raise FormatError(f"{where}: block {roi.to_dict()} reads back different voxels")
+
+
+# --- read ----------------------------------------------------------------------------------
+
+
+class Hdf5VolumeReader:
+    """An opened HDF5 volume; ``read(roi)`` reads only the ROI's hyperslab, (z, y, x)."""
+
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such HDF5 volume")
+        self._path = str(p)
+        try:
+            self._file = h5py.File(p, "r")
+        except OSError as err:
+            raise FormatError(f"{p}: not a readable HDF5 file: {err}") from err
+        try:
+            dset = self._file.get(DATASET)
+            if not isinstance(dset, h5py.Dataset) or dset.ndim != 3:
+                raise FormatError(f"{p}: no 3-D dataset /{DATASET}")
+            shape = (int(dset.shape[0]), int(dset.shape[1]), int(dset.shape[2]))
+            self._dset = dset
+            self._chunks: tuple[int, int, int] | None = (
+                None if dset.chunks is None else _positive_triple(p, "chunks", dset.chunks)
+            )
+            self._info = VolumeInfo(
+                shape, np.dtype(dset.dtype).name, _voxel_size(dset, self._path), self._chunks
+            )
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def info(self) -> VolumeInfo:
+        return self._info
+
+    def read(self, roi: Roi) -> np.ndarray:
+        """Voxels of ``roi`` (z, y, x); CorruptChunkError for a missing or undecodable chunk."""
+        check_roi(self._path, self._info.shape, roi)
+        if roi.size == 0:
+            return np.empty(roi.shape, dtype=self._info.dtype)
+        if self._chunks is not None:
+            missing = _missing_chunks(self._dset, roi, self._chunks)
+            if missing:
+                raise CorruptChunkError(self._path, missing[0], "chunk is not stored")
+        try:
+            out: np.ndarray = self._dset[roi.to_slices()]
+        except OSError as err:
+            raise self._locate(roi, err) from err
+        return out
+
+    def _locate(self, roi: Roi, err: OSError) -> FormatError:
+        """Find the chunk that fails to decode (only on the error path: decodes chunk by chunk)."""
+        if self._chunks is None:
+            return FormatError(f"{self._path}: reading {roi.to_dict()} failed: {err}")
+        for index in _chunk_indices(roi, self._chunks):
+            cell = Roi(
+                tuple(i * c for i, c in zip(index, self._chunks, strict=True)),  # type: ignore[arg-type]
+                self._chunks,
+            ).intersect(roi)
+            try:
+                self._dset[cell.to_slices()]
+            except OSError as chunk_err:
+                return CorruptChunkError(self._path, index, f"chunk fails to decode: {chunk_err}")
+        first = next(_chunk_indices(roi, self._chunks))
+        return CorruptChunkError(self._path, first, f"reading {roi.to_dict()} failed: {err}")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Hdf5VolumeReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_volume(path: str | Path) -> Hdf5VolumeReader:
+    """Open an HDF5 volume lazily (FileNotFoundError naming ``path`` when it is missing)."""
+    return Hdf5VolumeReader(path)
+
+
+def _voxel_size(dset: h5py.Dataset, path: str) -> VoxelSize:
+    """Voxel size (nm) from our JSON, else ``voxel_size_nm``, else ``element_size_um``."""
+    attrs = dset.attrs
+    if "fib_assets" in attrs:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return VoxelSize.from_dict(json.loads(attrs["fib_assets"])["voxel_size_nm"])
+    if "voxel_size_nm" in attrs:
+        z, y, x = (float(v) for v in attrs["voxel_size_nm"])
+        return VoxelSize(z, y, x)
+    if "element_size_um" in attrs:
+        z, y, x = (float(v) * 1000 for v in attrs["element_size_um"])
+        return VoxelSize(z, y, x)
+    raise FormatError(f"{path}: /{DATASET} has no voxel size (voxel_size_nm / element_size_um)")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _chunk_indices(roi: Roi, chunks: Sequence[int]) -> Iterator[ChunkIndex]:
+    """Indices (z, y, x) of the chunks a non-empty ``roi`` touches, in C order."""
+    ranges = [
+        range(o // c, (e - 1) // c + 1) for o, e, c in zip(roi.offset, roi.end, chunks, strict=True)
+    ]
+    for index in itertools.product(*ranges):
+        yield (index[0], index[1], index[2])
+
+
+def _missing_chunks(dset: h5py.Dataset, roi: Roi, chunks: Sequence[int]) -> list[ChunkIndex]:
+    """Chunks of ``roi`` that are not stored in the file (h5py would return fill values)."""
+    missing = []
+    for index in _chunk_indices(roi, chunks):
+        info = dset.id.get_chunk_info_by_coord(
+            tuple(i * c for i, c in zip(index, chunks, strict=True))
+        )
+        if info.byte_offset is None or info.size == 0:
+            missing.append(index)
+    return missing
+
+
+def _storage_dtype(dtype: str, path: str | Path) -> np.dtype[Any]:
+    """The native-byte-order numeric dtype stored for a source dtype."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"{path}: unknown dtype {dtype!r}") from err
+    if dt.kind not in "uif":
+        raise ValueError(f"{path}: dtype must be an integer or float type, got {dtype!r}")
+    return dt.newbyteorder("=")
+
+
+def _positive_triple(path: str | Path, name: str, value: Sequence[int]) -> tuple[int, int, int]:
+    if len(value) != 3 or any(int(v) <= 0 for v in value):
+        raise ValueError(f"{path}: {name} must be 3 positive voxel counts (z, y, x), got {value}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _clip(value: tuple[int, int, int], shape: Sequence[int]) -> tuple[int, int, int]:
+    return (min(value[0], shape[0]), min(value[1], shape[1]), min(value[2], shape[2]))
+
+
+def _check_source(plan: WritePlan, source: VolumeSource) -> None:
+    got, want = source.info, plan.source
+    if (got.shape, np.dtype(got.dtype), got.voxel_size) != (
+        want.shape,
+        np.dtype(want.dtype),
+        want.voxel_size,
+    ):
+        raise ValueError(
+            f"{plan.path}: source is {got.shape} {got.dtype} {got.voxel_size}, but the plan "
+            f"was made for {want.shape} {want.dtype} {want.voxel_size}"
+        )
+
+
+def _read_block(source: VolumeSource, block: Block, dtype: np.dtype[Any], path: str) -> np.ndarray:
+    """The block's voxels from ``source`` as a C-contiguous array of the stored dtype."""
+    data = np.asarray(source.read(block.write_roi))
+    if data.shape != block.write_roi.shape:
+        raise ValueError(
+            f"{path}: source returned shape {data.shape} for block {block.block_id} "
+            f"{block.write_roi.to_dict()}"
+        )
+    if not np.can_cast(data.dtype, dtype, "safe"):
+        raise ValueError(f"{path}: source block {block.block_id} is {data.dtype}, not {dtype}")
+    return np.ascontiguousarray(data, dtype=dtype)
+
+
+def _sha256(data: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order."""
+    return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _GroupCommit:
+    """Writes done markers in groups, each only after the group's bytes are durable.
+
+    ``flush`` (caller's thread) hands the library's buffers to the OS; ``fsync`` then runs in a
+    background thread, so compression goes on meanwhile; only after it returns are the group's
+    markers written. A marker never precedes its data on disk, and no fsync per block stalls
+    the writer. Groups commit in order and none after a failed one (markers stay a prefix).
+    """
+
+    def __init__(
+        self,
+        ledger: BlockLedger,
+        flush: Callable[[], None],
+        fsync: Callable[[], None],
+        pool: ThreadPoolExecutor,
+        interval_s: float = COMMIT_INTERVAL_S,
+    ) -> None:
+        self._ledger = ledger
+        self._flush = flush
+        self._fsync = fsync
+        self._pool = pool
+        self._interval_s = interval_s
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._inflight: Future[None] | None = None
+        self._last = time.monotonic()
+
+    def add(self, block_id: str, info: dict[str, Any]) -> None:
+        self._pending.append((block_id, info))
+        if time.monotonic() - self._last >= self._interval_s:
+            self._wait()  # at most one group in flight; re-raises its failure
+            self._flush()
+            batch, self._pending = self._pending, []
+            self._inflight = self._pool.submit(self._commit, batch)
+            self._last = time.monotonic()
+
+    def finish(self) -> None:
+        """Commit every block added so far and wait (end of a run, or before re-raising)."""
+        self._wait()
+        if self._pending:
+            self._flush()
+            batch, self._pending = self._pending, []
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        self._fsync()
+        for block_id, info in batch:
+            self._ledger.mark_done(block_id, info)
+
+    def _wait(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.result()
+
+
+def _run_blocks(
+    blocks: list[Block],
+    write: Callable[[Block], dict[str, Any]],
+    ledger: BlockLedger,
+    *,
+    done: set[str],
+    flush: Callable[[], None],
+    fsync: Callable[[], None],
+    progress: bool,
+    desc: str,
+) -> dict[str, dict[str, Any]]:
+    """Write every block not in ``done`` (in order); return ``{block_id: info}`` for all.
+
+    ``write`` writes and verifies one block; markers are committed by :class:`_GroupCommit`.
+    When ``write`` raises, the blocks finished before it are committed, then the error
+    propagates (so a rerun redoes exactly the unfinished blocks).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-commit") as pool:
+        commit = _GroupCommit(ledger, flush, fsync, pool)
+        try:
+            for block in tqdm(blocks, desc=desc, disable=not progress, unit="block"):
+                if block.block_id in done:
+                    results[block.block_id] = ledger.info(block.block_id)
+                    continue
+                info = write(block)
+                results[block.block_id] = {"block_id": block.block_id, **info}
+                commit.add(block.block_id, info)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                commit.finish()
+            raise
+        commit.finish()
+    return results
