@@ -126,6 +126,7 @@ def test_blocking_check_stops_downstream_of_a_broken_region(resources):
             m.asset_key.to_user_string() for m in result.get_asset_materialization_events()
         }
         assert materialized == {"raw_acquisition"}
+        instance.add_dynamic_partitions(regions.name, ["r001"])
         rows = {(r.asset, r.partition): r for r in collect_status(defs, instance)}
         assert not rows[("raw_volume", "r002")].materialized
         acq = {c.name: c.status for c in rows[("raw_acquisition", "r002")].checks}

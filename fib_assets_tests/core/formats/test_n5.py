@@ -1,0 +1,179 @@
+"""The N5 variant: conformance (read back with tensorstore's n5 driver), the attributes
+Paintera expects, the chunk-file layout, and damaged chunk files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from fib_assets.core.formats import FORMAT_MODULES
+from fib_assets.core.formats import n5 as n5_format
+from fib_assets.core.formats.base import ArraySource, CorruptChunkError, ledger_dir
+from fib_assets.core.formats.zarr import downsample_mean
+from fib_assets.core.geometry import BlockPlan, Roi
+from fib_assets_tests.core.formats.conformance import VOXEL, FormatConformance, em_like
+
+
+def _ts_read(dataset: Path) -> np.ndarray:
+    """A dataset through tensorstore's n5 driver, transposed from (x, y, z) to (z, y, x)."""
+    spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(dataset)}}
+    return np.asarray(ts.open(spec).result().read().result()).transpose()
+
+
+class TestN5(FormatConformance):
+    module = n5_format
+
+    def independent_read(self, path: Path) -> np.ndarray:
+        return _ts_read(path / "volumes" / "raw" / "s0")
+
+    def damage_chunk(self, path: Path) -> None:
+        """Flip 4 bytes in the middle of chunk (0, 0, 0)'s gzip stream."""
+        f = path / "volumes" / "raw" / "s0" / "0" / "0" / "0"
+        raw = bytearray(f.read_bytes())
+        mid = 16 + (len(raw) - 16) // 2
+        raw[mid : mid + 4] = bytes(b ^ 0xFF for b in raw[mid : mid + 4])
+        f.write_bytes(bytes(raw))
+
+
+def _write(tmp_path: Path, data: np.ndarray, name: str = "vol", **kw):
+    src = ArraySource(data, VOXEL)
+    kw.setdefault("chunks", (8, 8, 8))
+    plan = n5_format.plan_write(tmp_path / f"{name}.n5", src.info, **kw)
+    return n5_format.write_volume(plan, src)
+
+
+def _attrs(path: Path) -> dict:
+    return json.loads((path / "attributes.json").read_text())
+
+
+def test_plan_format_is_the_dispatch_name():
+    assert FORMAT_MODULES[n5_format.FORMAT] == n5_format.__name__
+
+
+def test_attributes_are_what_paintera_expects(tmp_path):
+    data = em_like((13, 29, 35), "uint16")
+    res = _write(tmp_path, data, levels=3)
+    root = Path(res.path)
+    assert _attrs(root) == {"n5": "2.0.0"}
+    assert _attrs(root / "volumes" / "raw") == {
+        "multiScale": True,
+        "resolution": [4.0, 4.0, 8.0],  # x, y, z nm
+        "offset": [0.0, 0.0, 0.0],
+        "axes": ["x", "y", "z"],
+        "units": ["nm", "nm", "nm"],
+    }
+    expected_dims = {"s0": [35, 29, 13], "s1": [18, 15, 7], "s2": [9, 8, 4]}
+    for level, factor in (("s0", 1), ("s1", 2), ("s2", 4)):
+        attrs = _attrs(root / "volumes" / "raw" / level)
+        assert attrs == {
+            "dimensions": expected_dims[level],
+            "blockSize": [8, 8, 8] if level != "s2" else [8, 8, 4],
+            "dataType": "uint16",
+            "compression": {"type": "gzip", "level": 1, "useZlib": False},
+            "downsamplingFactors": [factor, factor, factor],
+            "pixelResolution": {
+                "dimensions": [4.0 * factor, 4.0 * factor, 8.0 * factor],
+                "unit": "nm",
+            },  # fmt: skip
+        }, level
+    assert not (root / "volumes" / "raw" / "s3").exists()
+
+
+def test_tensorstore_reads_s0_and_s1(tmp_path):
+    data = em_like((13, 29, 35), "uint8", seed=1)
+    res = _write(tmp_path, data, levels=2, block_shape=(8, 16, 16))
+    raw = Path(res.path) / "volumes" / "raw"
+    np.testing.assert_array_equal(_ts_read(raw / "s0"), data)
+    np.testing.assert_array_equal(_ts_read(raw / "s1"), downsample_mean(data))
+    assert {k.split("/")[0] for k in res.block_checksums if "/" in k} == {"s1"}
+
+
+def test_chunk_files_have_the_n5_header_and_truncated_edges(tmp_path):
+    data = em_like((13, 29, 35), "uint16", seed=2)
+    res = _write(tmp_path, data, compression="raw")
+    s0 = Path(res.path) / "volumes" / "raw" / "s0"
+    edge = (s0 / "4" / "3" / "1").read_bytes()  # x 32..35, y 24..29, z 8..13
+    assert struct.unpack(">HHIII", edge[:16]) == (0, 3, 3, 5, 5)
+    voxels = np.frombuffer(edge[16:], ">u2").reshape(5, 5, 3)
+    np.testing.assert_array_equal(voxels, data[8:13, 24:29, 32:35])
+    np.testing.assert_array_equal(_ts_read(s0), data)
+
+
+def test_our_reader_reads_what_tensorstore_writes(tmp_path):
+    """Chunks written by tensorstore (edge chunks padded to the full block) decode here."""
+    data = em_like((13, 29, 35), "uint16", seed=3)
+    root = tmp_path / "ts.n5"
+    res = _write(tmp_path, data, name="ours")
+    attrs = _attrs(Path(res.path) / "volumes" / "raw" / "s0")
+    for rel, content in (("attributes.json", {"n5": "2.0.0"}),
+                         ("volumes/raw/attributes.json", _attrs(Path(res.path) / "volumes/raw"))):  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(content))
+    spec = {
+        "driver": "n5",
+        "kvstore": {"driver": "file", "path": str(root / "volumes" / "raw" / "s0")},
+        "metadata": {k: attrs[k] for k in ("dimensions", "blockSize", "dataType", "compression")},
+        "create": True,
+    }
+    ts.open(spec).result().write(data.transpose()).result()
+    vol = n5_format.open_volume(root)
+    try:
+        np.testing.assert_array_equal(vol.read(Roi((0, 0, 0), data.shape)), data)
+        np.testing.assert_array_equal(vol.read(Roi((9, 20, 30), (4, 9, 5))), data[9:, 20:, 30:])
+    finally:
+        vol.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "header_dims", "truncated"])
+def test_damaged_chunk_files_are_corrupt_chunks(tmp_path, damage):
+    data = em_like((16, 16, 16), "uint8", seed=4)
+    res = _write(tmp_path, data)
+    f = Path(res.path) / "volumes" / "raw" / "s0" / "1" / "0" / "1"  # x 1, y 0, z 1
+    raw = f.read_bytes()
+    if damage == "missing":
+        f.unlink()
+    elif damage == "header_dims":
+        f.write_bytes(struct.pack(">HHIII", 0, 3, 8, 8, 4) + raw[16:])
+    else:
+        f.write_bytes(raw[: len(raw) // 2])
+    vol = n5_format.open_volume(res.path)
+    try:
+        np.testing.assert_array_equal(vol.read(Roi((0, 0, 0), (8, 16, 8))), data[:8, :, :8])
+        with pytest.raises(CorruptChunkError) as err:
+            vol.read(Roi((0, 0, 0), (16, 16, 16)))
+    finally:
+        vol.close()
+    assert err.value.path == str(f)
+    assert err.value.chunk_index == (1, 0, 1)  # (z, y, x)
+
+
+def test_block_checksums_and_clean_publish(tmp_path):
+    data = em_like((13, 29, 35), "uint8", seed=5)
+    res = _write(tmp_path, data, block_shape=(8, 16, 16))
+    expected = {
+        b.block_id: hashlib.sha256(np.ascontiguousarray(data[b.write_roi.to_slices()])).hexdigest()
+        for b in BlockPlan(data.shape, (8, 16, 16)).blocks()
+    }
+    assert res.block_checksums == expected
+    assert "zlib" in res.library_versions
+    assert not ledger_dir(res.plan).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.n5"]
+    chunk_files = [p for p in (Path(res.path) / "volumes/raw/s0").rglob("*") if p.is_file()]
+    assert len(chunk_files) == 1 + 2 * 4 * 5  # attributes.json + every chunk
+
+
+def test_plan_validation(tmp_path):
+    info = ArraySource(np.zeros((16, 16, 16), np.uint8), VOXEL).info
+    target = tmp_path / "v.n5"
+    with pytest.raises(ValueError, match="whole number of chunks"):
+        n5_format.plan_write(target, info, chunks=(8, 8, 8), block_shape=(12, 8, 8))
+    with pytest.raises(ValueError, match="compression"):
+        n5_format.plan_write(target, info, compression="zstd")
+    with pytest.raises(ValueError, match=".n5"):
+        n5_format.plan_write(tmp_path / "v.zarr", info)
