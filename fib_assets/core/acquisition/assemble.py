@@ -27,7 +27,7 @@ import pandas as pd
 import zarr
 from tqdm import tqdm
 
-from fib_assets.core import qc
+import fib_assets.core.qc as qc
 from fib_assets.core.acquisition.region import RegionError, RegionInventory
 from fib_assets.core.blockwise import (
     BlockLedger,

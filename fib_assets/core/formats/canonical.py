@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -26,7 +28,7 @@ class CanonicalSource:
         self._arr = arr
         self._channel = channel if image == "raw" else None
         group = root[image]
-        ome = dict(group.attrs.asdict()).get("ome", {})
+        ome: dict[str, Any] = json.loads(json.dumps(group.attrs.asdict().get("ome", {})))
         scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
         shape = arr.shape[1:] if self._channel is not None else arr.shape
         self._info = VolumeInfo(

@@ -12,10 +12,18 @@ Layout of a file written here::
                            ilastik read)
         fib_assets         JSON: shape, dtype, voxel size, the write plan and its fingerprint
 
-Writing is blockwise (one hyperslab per block, peak memory one block), resumable (the staging
-file is reopened ``r+`` and blocks with a done marker are skipped after their stored bytes are
-checked against the marker's sha256) and atomic (:func:`base.publish`). Importing this module
-imports ``hdf5plugin``, which registers the zstd filter before any file is opened.
+Writing is blockwise (one hyperslab per block, peak memory one block), resumable and atomic:
+the file is built at :func:`base.staging_path`; after each block HDF5's caches are flushed to
+the OS (so a killed process never leaves a done marker ahead of its data) and the block's
+marker is written; a rerun reopens the staging file ``r+``, re-reads the done blocks and
+checks them against their markers' sha256 (HDF5 files of a killed writer are not trusted
+blindly; any mismatch starts the file over), then writes the rest and publishes with
+:func:`base.publish`. ``fsync=True`` also survives a crashed node (fsync per block and before
+publishing) at the cost of waiting for the disk.
+
+Importing this module imports ``hdf5plugin``, which registers the zstd filter before any file
+is opened. HDF5's per-chunk lookup (``get_chunk_info_by_coord``) scans the whole chunk index,
+so chunk presence is only ever checked with one pass (count or ``chunk_iter``).
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -37,9 +45,8 @@ from typing import Any, Literal
 import h5py
 import hdf5plugin
 import numpy as np
-from tqdm import tqdm
 
-from fib_assets.core.blockwise import BlockLedger
+from fib_assets.core.blockwise import BlockLedger, run_blocks
 from fib_assets.core.formats.base import (
     CorruptChunkError,
     FormatError,
@@ -72,9 +79,6 @@ DEFAULT_LEVELS: dict[str, int] = {"zstd": 3, "gzip": 1}
 DEFAULT_CHUNKS = (64, 64, 64)
 #: default blocks are the largest chunk-aligned slabs of at most this many bytes
 BLOCK_BUDGET_BYTES = 64 * 2**20
-#: done markers are committed (after a background fsync of the file) about this often; an
-#: exception commits the blocks finished so far, so only a killed process loses more work
-COMMIT_INTERVAL_S = 5.0
 
 ChunkIndex = tuple[int, int, int]
 
@@ -92,6 +96,7 @@ def plan_write(
     compression_level: int | None = None,
     checksum: bool = True,
     verify: Verify = "structure",
+    fsync: bool = False,
 ) -> WritePlan:
     """Describe writing ``source`` to the HDF5 file ``path`` (pure: touches no file).
 
@@ -101,8 +106,10 @@ def plan_write(
     default is the largest chunk-aligned slab of at most 64 MiB. ``compression`` is ``"zstd"``
     (level 3 by default), ``"gzip"`` (level 1) or None. ``checksum`` adds HDF5's fletcher32
     filter so corrupt chunks are detected even when uncompressed. ``verify="structure"``
-    checks after each block that all its chunks are stored; ``"data"`` also reads the block
-    back and compares its sha256 (costs one decode of every block).
+    trusts HDF5's own error reporting per block and checks the number of stored chunks once
+    at the end; ``"data"`` also reads each block back and compares its sha256 (one decode
+    per block). ``fsync`` makes every block durable before its marker, and the file before
+    it is published.
     """
     shape = source.shape
     dtype = _storage_dtype(source.dtype, path)
@@ -139,6 +146,7 @@ def plan_write(
             "compression_level": level,
             "checksum": bool(checksum),
             "verify": verify,
+            "fsync": bool(fsync),
         },
     )
 
@@ -186,7 +194,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     dtype = _storage_dtype(plan.source.dtype, plan.path)
     final.parent.mkdir(parents=True, exist_ok=True)
 
-    f, done = _open_staging(plan, staging, ledger, blocks, fingerprint)
+    f = _open_staging(plan, staging, ledger, blocks, fingerprint)
     try:
         dset = f[DATASET]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-sha") as hasher:
@@ -195,19 +203,15 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 data = _read_block(source, block, dtype, plan.path)
                 digest = hasher.submit(_sha256, data)  # hashlib and HDF5 both release the GIL
                 dset[block.write_roi.to_slices()] = data
-                f.flush()  # chunk lookups on a clean cache are ~10x cheaper
-                _verify_block(dset, block.write_roi, plan, digest.result(), str(staging))
+                f.flush()  # HDF5's caches -> OS: a killed process keeps what is marked done
+                if plan.options["fsync"]:
+                    _fsync(staging)
+                if plan.options["verify"] == "data":
+                    _read_back(dset, block, digest.result(), str(staging))
                 return {"sha256": digest.result()}
 
-            results = _run_blocks(
-                blocks,
-                write_block,
-                ledger,
-                done=done,
-                flush=f.flush,
-                fsync=lambda: _fsync(staging),
-                progress=progress,
-                desc=final.name,
+            results = run_blocks(
+                blocks, write_block, ledger, total=len(blocks), progress=progress, desc=final.name
             )
         expected = math.prod(math.ceil(s / c) for s, c in zip(dset.shape, plan.chunks, strict=True))
         stored = int(dset.id.get_num_chunks())
@@ -215,9 +219,11 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
             raise FormatError(f"{staging}: {stored} chunks stored, expected {expected}")
     finally:
         f.close()
-    _fsync(staging)
+    if plan.options["fsync"]:
+        _fsync(staging)
     publish(staging, final)
-    _fsync(final.parent)  # the rename itself
+    if plan.options["fsync"]:
+        _fsync(final.parent)  # the rename itself
     shutil.rmtree(ledger.directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         ledger_dir(plan).rmdir()  # only when no other plan's markers are left
@@ -244,54 +250,48 @@ def library_versions() -> dict[str, str]:
 
 def _open_staging(
     plan: WritePlan, staging: Path, ledger: BlockLedger, blocks: list[Block], fingerprint: str
-) -> tuple[h5py.File, set[str]]:
-    """The staging file to write into and the ids of blocks that need no rewrite.
-
-    A staging file left by an earlier run of the same plan is reused when it opens, matches the
-    plan and each done block's stored bytes still hash to its marker; anything else starts over
-    (HDF5 metadata of a killed writer is not trusted without that check).
-    """
-    done = ledger.done_ids()
-    if done and staging.exists():
+) -> h5py.File:
+    """The staging file to write into: the one an earlier run of this plan left, if it can be
+    trusted (see :func:`_resumable`), else a new one (and the old markers are dropped)."""
+    if ledger.done_ids() and staging.exists():
         try:
             f = h5py.File(staging, "r+")
         except OSError:
             pass
         else:
             try:
-                return f, _verified_done_blocks(f, plan, ledger, blocks, done, fingerprint)
+                if _resumable(f, plan, ledger, blocks, fingerprint):
+                    return f
             except (OSError, KeyError, ValueError):
-                f.close()
+                pass
+            f.close()
     shutil.rmtree(ledger.directory, ignore_errors=True)
     staging.unlink(missing_ok=True)
-    return _create(plan, staging, fingerprint), set()
+    return _create(plan, staging, fingerprint)
 
 
-def _verified_done_blocks(
-    f: h5py.File,
-    plan: WritePlan,
-    ledger: BlockLedger,
-    blocks: list[Block],
-    done: set[str],
-    fingerprint: str,
-) -> set[str]:
+def _resumable(
+    f: h5py.File, plan: WritePlan, ledger: BlockLedger, blocks: list[Block], fingerprint: str
+) -> bool:
+    """Whether every block marked done still reads back with its marker's sha256.
+
+    Costs one decode of the done part, only on resume. It catches what a marker cannot: HDF5
+    metadata of a killed writer, or data a crashed node never wrote to disk.
+    """
     dset = f[DATASET]
     meta = json.loads(dset.attrs["fib_assets"])
     if meta.get("plan_fingerprint") != fingerprint or tuple(dset.chunks) != plan.chunks:
-        raise ValueError(f"{plan.path}: staging file belongs to another plan")
-    good = set()
+        return False
+    done = ledger.done_ids()
+    stored = _stored_chunks(dset, plan.chunks)
     for block in blocks:
         if block.block_id not in done:
             continue
-        try:
-            want = ledger.info(block.block_id)["sha256"]
-            if _missing_chunks(dset, block.write_roi, plan.chunks):
-                continue
-            if _sha256(dset[block.write_roi.to_slices()]) == want:
-                good.add(block.block_id)
-        except (OSError, ValueError, KeyError):
-            continue  # unreadable marker or block: write it again
-    return good
+        if not stored.issuperset(_chunk_indices(block.write_roi, plan.chunks)):
+            return False
+        if _sha256(dset[block.write_roi.to_slices()]) != ledger.info(block.block_id)["sha256"]:
+            return False
+    return True
 
 
 def _create(plan: WritePlan, staging: Path, fingerprint: str) -> h5py.File:
@@ -339,13 +339,10 @@ def _compression_kwargs(plan: WritePlan) -> dict[str, Any]:
     return {}
 
 
-def _verify_block(dset: h5py.Dataset, roi: Roi, plan: WritePlan, digest: str, where: str) -> None:
-    """Every chunk of the block is stored; with ``verify="data"`` it also reads back equal."""
-    missing = _missing_chunks(dset, roi, plan.chunks)
-    if missing:
-        raise CorruptChunkError(where, missing[0], "chunk not stored after writing its block")
-    if plan.options["verify"] == "data" and _sha256(dset[roi.to_slices()]) != digest:
-        raise FormatError(f"{where}: block {roi.to_dict()} reads back different voxels")
+def _read_back(dset: h5py.Dataset, block: Block, digest: str, where: str) -> None:
+    """``verify="data"``: the block reads back with the sha256 it was written with."""
+    if _sha256(dset[block.write_roi.to_slices()]) != digest:
+        raise FormatError(f"{where}: block {block.block_id} reads back different voxels")
 
 
 # --- read ----------------------------------------------------------------------------------
@@ -375,6 +372,8 @@ class Hdf5VolumeReader:
             self._info = VolumeInfo(
                 shape, np.dtype(dset.dtype).name, _voxel_size(dset, self._path), self._chunks
             )
+            self._complete: bool | None = None
+            self._stored: set[ChunkIndex] = set()
         except BaseException:
             self._file.close()
             raise
@@ -393,14 +392,29 @@ class Hdf5VolumeReader:
         if roi.size == 0:
             return np.empty(roi.shape, dtype=self._info.dtype)
         if self._chunks is not None:
-            missing = _missing_chunks(self._dset, roi, self._chunks)
-            if missing:
-                raise CorruptChunkError(self._path, missing[0], "chunk is not stored")
+            stored = self._stored_chunks()
+            if stored is not None:
+                for index in _chunk_indices(roi, self._chunks):
+                    if index not in stored:
+                        raise CorruptChunkError(self._path, index, "chunk is not stored")
         try:
             out: np.ndarray = self._dset[roi.to_slices()]
         except OSError as err:
             raise self._locate(roi, err) from err
         return out
+
+    def _stored_chunks(self) -> set[ChunkIndex] | None:
+        """None when every chunk is stored (one count of HDF5's chunk index, on first read),
+        else the stored chunks' indices: h5py returns fill values for missing chunks."""
+        if self._complete is None:
+            assert self._chunks is not None
+            expected = math.prod(
+                math.ceil(s / c) for s, c in zip(self._info.shape, self._chunks, strict=True)
+            )
+            self._complete = int(self._dset.id.get_num_chunks()) == expected
+            if not self._complete:
+                self._stored = _stored_chunks(self._dset, self._chunks)
+        return None if self._complete else self._stored
 
     def _locate(self, roi: Roi, err: OSError) -> FormatError:
         """Find the chunk that fails to decode (only on the error path: decodes chunk by chunk)."""
@@ -465,16 +479,21 @@ def _chunk_indices(roi: Roi, chunks: Sequence[int]) -> Iterator[ChunkIndex]:
         yield (index[0], index[1], index[2])
 
 
-def _missing_chunks(dset: h5py.Dataset, roi: Roi, chunks: Sequence[int]) -> list[ChunkIndex]:
-    """Chunks of ``roi`` that are not stored in the file (h5py would return fill values)."""
-    missing = []
-    for index in _chunk_indices(roi, chunks):
-        info = dset.id.get_chunk_info_by_coord(
-            tuple(i * c for i, c in zip(index, chunks, strict=True))
-        )
-        if info.byte_offset is None or info.size == 0:
-            missing.append(index)
-    return missing
+def _stored_chunks(dset: h5py.Dataset, chunks: Sequence[int]) -> set[ChunkIndex]:
+    """Indices (z, y, x) of the chunks stored in the file, from one pass over HDF5's index.
+
+    (Per-chunk ``get_chunk_info_by_coord`` scans the whole index: milliseconds per call on
+    big volumes, so it is never called in a loop.)
+    """
+    stored: set[ChunkIndex] = set()
+
+    def add(info: Any) -> None:
+        if info.byte_offset is not None and info.size > 0:
+            o = info.chunk_offset
+            stored.add((o[0] // chunks[0], o[1] // chunks[1], o[2] // chunks[2]))
+
+    dset.id.chunk_iter(add)
+    return stored
 
 
 def _storage_dtype(dtype: str, path: str | Path) -> np.dtype[Any]:
@@ -535,93 +554,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _GroupCommit:
-    """Writes done markers in groups, each only after the group's bytes are durable.
-
-    ``flush`` (caller's thread) hands the library's buffers to the OS; ``fsync`` then runs in a
-    background thread, so compression goes on meanwhile; only after it returns are the group's
-    markers written. A marker never precedes its data on disk, and no fsync per block stalls
-    the writer. Groups commit in order and none after a failed one (markers stay a prefix).
-    """
-
-    def __init__(
-        self,
-        ledger: BlockLedger,
-        flush: Callable[[], None],
-        fsync: Callable[[], None],
-        pool: ThreadPoolExecutor,
-        interval_s: float = COMMIT_INTERVAL_S,
-    ) -> None:
-        self._ledger = ledger
-        self._flush = flush
-        self._fsync = fsync
-        self._pool = pool
-        self._interval_s = interval_s
-        self._pending: list[tuple[str, dict[str, Any]]] = []
-        self._inflight: Future[None] | None = None
-        self._last = time.monotonic()
-
-    def add(self, block_id: str, info: dict[str, Any]) -> None:
-        self._pending.append((block_id, info))
-        if time.monotonic() - self._last >= self._interval_s:
-            self._wait()  # at most one group in flight; re-raises its failure
-            self._flush()
-            batch, self._pending = self._pending, []
-            self._inflight = self._pool.submit(self._commit, batch)
-            self._last = time.monotonic()
-
-    def finish(self) -> None:
-        """Commit every block added so far and wait (end of a run, or before re-raising)."""
-        self._wait()
-        if self._pending:
-            self._flush()
-            batch, self._pending = self._pending, []
-            self._commit(batch)
-
-    def _commit(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        self._fsync()
-        for block_id, info in batch:
-            self._ledger.mark_done(block_id, info)
-
-    def _wait(self) -> None:
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            inflight.result()
-
-
-def _run_blocks(
-    blocks: list[Block],
-    write: Callable[[Block], dict[str, Any]],
-    ledger: BlockLedger,
-    *,
-    done: set[str],
-    flush: Callable[[], None],
-    fsync: Callable[[], None],
-    progress: bool,
-    desc: str,
-) -> dict[str, dict[str, Any]]:
-    """Write every block not in ``done`` (in order); return ``{block_id: info}`` for all.
-
-    ``write`` writes and verifies one block; markers are committed by :class:`_GroupCommit`.
-    When ``write`` raises, the blocks finished before it are committed, then the error
-    propagates (so a rerun redoes exactly the unfinished blocks).
-    """
-    results: dict[str, dict[str, Any]] = {}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-commit") as pool:
-        commit = _GroupCommit(ledger, flush, fsync, pool)
-        try:
-            for block in tqdm(blocks, desc=desc, disable=not progress, unit="block"):
-                if block.block_id in done:
-                    results[block.block_id] = ledger.info(block.block_id)
-                    continue
-                info = write(block)
-                results[block.block_id] = {"block_id": block.block_id, **info}
-                commit.add(block.block_id, info)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                commit.finish()
-            raise
-        commit.finish()
-    return results

@@ -385,73 +385,78 @@ class _Part:
             raise CorruptChunkError(str(self.path), chunk, "chunk is not in the part's index")
         return self._row_group_of[chunk]
 
-    def decode_row_group(
+    def _rows(
+        self, rg: int, wanted: Sequence[tuple[int, int, int]]
+    ) -> dict[tuple[int, int, int], dict[str, Any]]:
+        """The rows of chunks ``wanted`` from row group ``rg`` (one ``read_row_group`` call)."""
+        pf = self._open(wanted[0])
+        try:
+            rows = pf.read_row_group(rg).to_pylist()
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise CorruptChunkError(str(self.path), wanted[0], f"row group {rg}: {err}") from err
+        at = {(int(r["cz"]), int(r["cy"]), int(r["cx"])): r for r in rows}
+        for chunk in wanted:
+            if chunk not in at:
+                raise CorruptChunkError(str(self.path), chunk, f"no row in row group {rg}")
+        return {chunk: at[chunk] for chunk in wanted}
+
+    def _decode(
         self,
-        rg: int,
-        wanted: Sequence[tuple[int, int, int]],
+        chunk: tuple[int, int, int],
+        row: dict[str, Any],
         chunks: Sequence[int],
         shape: Sequence[int],
         dtype: np.dtype[Any],
-    ) -> dict[tuple[int, int, int], np.ndarray]:
-        """Chunks ``wanted`` of row group ``rg`` as arrays (z, y, x), each verified."""
-        pf = self._open(wanted[0])
+    ) -> np.ndarray:
+        """One row's chunk as an array (z, y, x), verified (shape, size, sha256)."""
+        expected = _chunk_roi(chunk, chunks, shape).shape
+        if tuple(row["shape"]) != expected:
+            raise CorruptChunkError(str(self.path), chunk, f"shape {row['shape']} != {expected}")
         try:
-            table = pf.read_row_group(rg)
-            rows = table.to_pydict()
-        except (OSError, ValueError, pa.ArrowException) as err:
-            raise CorruptChunkError(str(self.path), wanted[0], f"row group {rg}: {err}") from err
-        at = {
-            (int(z), int(y), int(x)): i
-            for i, (z, y, x) in enumerate(zip(rows["cz"], rows["cy"], rows["cx"], strict=True))
-        }
+            raw = bytes(_codec(row["codec"]).decode(row["data"]))
+        except (RuntimeError, ValueError) as err:
+            raise CorruptChunkError(str(self.path), chunk, f"cannot decode: {err}") from err
         le = _le_dtype(dtype.name)
-
-        def decode(chunk: tuple[int, int, int]) -> np.ndarray:
-            if chunk not in at:
-                raise CorruptChunkError(str(self.path), chunk, f"no row in row group {rg}")
-            i = at[chunk]
-            expected = _chunk_roi(chunk, chunks, shape).shape
-            if tuple(rows["shape"][i]) != expected:
-                raise CorruptChunkError(
-                    str(self.path), chunk, f"shape {rows['shape'][i]} != {list(expected)}"
-                )
-            try:
-                raw = bytes(_codec(rows["codec"][i]).decode(rows["data"][i]))
-            except (RuntimeError, ValueError) as err:
-                raise CorruptChunkError(str(self.path), chunk, f"cannot decode: {err}") from err
-            if len(raw) != math.prod(expected) * le.itemsize:
-                raise CorruptChunkError(
-                    str(self.path), chunk, f"decoded {len(raw)} bytes, expected shape {expected}"
-                )
-            if hashlib.sha256(raw).hexdigest() != rows["sha256"][i]:
-                raise CorruptChunkError(str(self.path), chunk, "sha256 mismatch")
-            return np.frombuffer(raw, dtype=le).reshape(expected).astype(dtype, copy=False)
-
-        if self._pool is not None and len(wanted) > 1:
-            return dict(zip(wanted, self._pool.map(decode, wanted), strict=True))
-        return {c: decode(c) for c in wanted}
+        if len(raw) != math.prod(expected) * le.itemsize:
+            raise CorruptChunkError(
+                str(self.path), chunk, f"decoded {len(raw)} bytes, expected shape {expected}"
+            )
+        if hashlib.sha256(raw).hexdigest() != row["sha256"]:
+            raise CorruptChunkError(str(self.path), chunk, "sha256 mismatch")
+        return np.frombuffer(raw, dtype=le).reshape(expected).astype(dtype, copy=False)
 
     def read_chunks(
         self, roi: Roi, chunks: Sequence[int], shape: Sequence[int], dtype: np.dtype[Any]
     ) -> np.ndarray:
-        """Voxels ``roi`` (z, y, x), which must lie inside this part."""
-        out = np.empty(roi.shape, dtype=dtype)
+        """Voxels ``roi`` (z, y, x), which must lie inside this part: reads only the row
+        groups of its chunks, then decodes the chunks (in parallel when given a pool)."""
         by_group: dict[int, list[tuple[int, int, int]]] = {}
         for chunk in _chunk_indices(roi, chunks):
             by_group.setdefault(self.row_group(chunk), []).append(chunk)
+        rows: dict[tuple[int, int, int], dict[str, Any]] = {}
         for rg in sorted(by_group):
-            decoded = self.decode_row_group(rg, by_group[rg], chunks, shape, dtype)
-            for chunk, arr in decoded.items():
-                box = _chunk_roi(chunk, chunks, shape).intersect(roi)
-                src = tuple(
-                    slice(b - c * n, b - c * n + s)
-                    for b, c, n, s in zip(box.offset, chunk, chunks, box.shape, strict=True)
-                )
-                dst = tuple(
-                    slice(b - r, b - r + s)
-                    for b, r, s in zip(box.offset, roi.offset, box.shape, strict=True)
-                )
-                out[dst] = arr[src]
+            rows.update(self._rows(rg, by_group[rg]))
+
+        def decode(chunk: tuple[int, int, int]) -> np.ndarray:
+            return self._decode(chunk, rows[chunk], chunks, shape, dtype)
+
+        wanted = list(rows)
+        if self._pool is not None and len(wanted) > 1:
+            decoded = list(self._pool.map(decode, wanted))
+        else:
+            decoded = [decode(c) for c in wanted]
+        out = np.empty(roi.shape, dtype=dtype)
+        for chunk, arr in zip(wanted, decoded, strict=True):
+            box = _chunk_roi(chunk, chunks, shape).intersect(roi)
+            src = tuple(
+                slice(b - c * n, b - c * n + s)
+                for b, c, n, s in zip(box.offset, chunk, chunks, box.shape, strict=True)
+            )
+            dst = tuple(
+                slice(b - r, b - r + s)
+                for b, r, s in zip(box.offset, roi.offset, box.shape, strict=True)
+            )
+            out[dst] = arr[src]
         return out
 
     def close(self) -> None:
@@ -464,7 +469,8 @@ class ParquetVolume:
     """A Parquet chunk dataset opened for ROI reads (pyarrow; decoding with numcodecs).
 
     ``read`` opens only the part files of the ROI's chunks and reads only the row groups
-    that hold them (``ParquetFile.read_row_group``); every chunk is verified (page CRC,
+    that hold them (``ParquetFile.read_row_group``); chunks of a row group are decoded in
+    parallel threads (zstd and sha256 release the GIL). Every chunk is verified (page CRC,
     shape, size, sha256) and a failure is a :class:`CorruptChunkError` naming the part file.
     """
 
@@ -490,6 +496,7 @@ class ParquetVolume:
             shape, self._dtype.name, VoxelSize.from_dict(meta["voxel_size_nm"]), self._chunks
         )
         self._parts: OrderedDict[tuple[int, int, int], _Part] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None  # chunk decoding, made on first use
         self._closed = False
 
     @property
@@ -503,7 +510,9 @@ class ParquetVolume:
     def _part(self, block: tuple[int, int, int]) -> _Part:
         part = self._parts.pop(block, None)
         if part is None:
-            part = _Part(self._root / part_name(block))
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+            part = _Part(self._root / part_name(block), self._pool)
             if len(self._parts) >= PART_CACHE:
                 self._parts.popitem(last=False)[1].close()
         self._parts[block] = part
@@ -540,6 +549,9 @@ class ParquetVolume:
         for part in self._parts.values():
             part.close()
         self._parts.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._closed = True
 
     def __enter__(self) -> ParquetVolume:

@@ -41,13 +41,13 @@ def verify_same_voxels(
     errors: list[str] = []
     sums: dict[str, str] = {}
     for block in plan.blocks():
-        want = hashlib.sha256(np.ascontiguousarray(reference.read(block.write_roi))).hexdigest()
+        want = hashlib.sha256(np.ascontiguousarray(reference.read(block.write_roi)).tobytes()).hexdigest()
         try:
             got_arr = candidate.read(block.write_roi)
         except CorruptChunkError as exc:
             errors.append(str(exc))
             continue
-        got = hashlib.sha256(np.ascontiguousarray(got_arr)).hexdigest()
+        got = hashlib.sha256(np.ascontiguousarray(got_arr).tobytes()).hexdigest()
         sums[block.block_id] = got
         if got != want:
             mismatched.append(block.block_id)

@@ -30,10 +30,12 @@ import importlib.metadata
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,9 +210,10 @@ SUFFIX = ".ome.zarr"
 FORMAT = "zarr"
 DEFAULT_CHUNKS = (64, 64, 64)
 SHARD_FACTOR = 4  # default shard edge = 4 chunks per axis (64 chunks per shard)
-# blocks in flight: block k is encoded and committed by tensorstore's threads while block k-1
-# is read back and verified, so encoding, hashing and decoding overlap on the cores
-PIPELINE_DEPTH = 2
+# blocks in flight: tensorstore encodes one shard per thread, so about one block per core is
+# being encoded and committed while the oldest one is read back, verified and marked done
+PIPELINE_DEPTH = (os.cpu_count() or 1) + 1
+FSYNC_THREADS = 8
 _NM_PER_UNIT = {"nanometer": 1.0, "micrometer": 1000.0, "angstrom": 0.1}
 
 
@@ -272,8 +275,11 @@ def _levels(plan: WritePlan) -> list[_Level]:
             sh = _shard_shape(shards, shape, plan.chunks)
             out.append(_Level("s0", shape, plan.chunks, sh, plan.block_shape))
             continue
-        c = (min(plan.chunks[0], shape[0]), min(plan.chunks[1], shape[1]))
-        chunks = (*c, min(plan.chunks[2], shape[2]))
+        chunks = (
+            min(plan.chunks[0], shape[0]),
+            min(plan.chunks[1], shape[1]),
+            min(plan.chunks[2], shape[2]),
+        )
         sh = _shard_shape(shards, shape, chunks)
         out.append(_Level(f"s{i}", shape, chunks, sh, sh))  # one shard per block
     return out
@@ -307,8 +313,8 @@ def plan_write(
     block = _positive_triple("block_shape", block_shape) if block_shape is not None else None
     if shards is not None:
         given = _positive_triple("shards", shards)
-        if not _tiles(given, c, (math.inf,) * 3):  # type: ignore[arg-type]
-            raise ValueError(f"shards {list(given)} must be whole numbers of chunks {list(c)}")
+        if any(g % w for g, w in zip(given, want, strict=True)):
+            raise ValueError(f"shards {list(given)} must be whole numbers of chunks {list(want)}")
         sh = _shard_shape(given, shape, c)
     else:
         sh = _shard_shape([SHARD_FACTOR * x for x in c], shape, c)
@@ -345,11 +351,15 @@ def plan_write(
 
 def _array_spec(path: Path, level: _Level, dtype: str, compression_level: int) -> dict[str, Any]:
     """tensorstore zarr3 spec of one level: sharded, zstd with frame checksums (so a flipped
-    byte inside a chunk is an error, not silently different voxels), crc32c shard index."""
+    byte inside a chunk is an error, not silently different voxels), crc32c shard index.
+
+    tensorstore's own fsync per shard is off: the writer fsyncs each block's shard files in
+    I/O threads while it verifies the block, before the block's done marker is written."""
     endian = {} if np.dtype(dtype).itemsize == 1 else {"configuration": {"endian": "little"}}
     return {
         "driver": "zarr3",
         "kvstore": {"driver": "file", "path": str(path)},
+        "context": {"file_io_sync": False},
         "metadata": {
             "shape": list(level.shape),
             "data_type": np.dtype(dtype).name,
@@ -446,6 +456,22 @@ def downsample_roi(
     return out
 
 
+def _shard_files(array_dir: Path, roi: Roi, shards: Sequence[int]) -> list[Path]:
+    """Files (default chunk keys ``c/<z>/<y>/<x>``) of the shards that ``roi`` covers."""
+    ranges = [
+        range(o // s, -(-e // s)) for o, e, s in zip(roi.offset, roi.end, shards, strict=True)
+    ]
+    return [array_dir.joinpath("c", *(str(i) for i in idx)) for idx in itertools.product(*ranges)]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class _InFlight:
     block: Block
@@ -454,15 +480,28 @@ class _InFlight:
     sha256: str
 
 
+def _downsampling_reader(below: _Level, below_store: Any) -> Callable[[Roi], np.ndarray]:
+    """Reads voxels of the next level (z, y, x) by mean-downsampling the verified ``below``."""
+
+    def read_below(roi: Roi) -> np.ndarray:
+        return np.asarray(below_store[roi.to_slices()].read().result())
+
+    def read(roi: Roi) -> np.ndarray:
+        return downsample_roi(read_below, below.shape, roi, slab=below.chunks[0])
+
+    return read
+
+
 def _write_blocks(
     store: Any,
     plan: BlockPlan,
     read: Callable[[Roi], np.ndarray],
     ledger: BlockLedger,
     *,
+    level: _Level,
     dtype: str,
-    array_path: str,
-    chunks: tuple[int, int, int],
+    array_dir: Path,
+    io_pool: Executor,
     progress: bool,
     desc: str,
 ) -> dict[str, dict[str, Any]]:
@@ -476,10 +515,15 @@ def _write_blocks(
 
     def finish(item: _InFlight) -> None:
         item.commit.result()
-        back = store[item.block.write_roi.to_slices()].read().result()
+        roi = item.block.write_roi
+        shards = _shard_files(array_dir, roi, level.shards)
+        synced = [io_pool.submit(_fsync, p) for p in [*shards, *{p.parent for p in shards}]]
+        back = store[roi.to_slices()].read().result()
+        for s in synced:
+            s.result()
         if not np.array_equal(back, item.data):
-            first = tuple(o // c for o, c in zip(item.block.write_roi.offset, chunks, strict=True))
-            raise CorruptChunkError(array_path, first, "block read back after writing differs")
+            first = tuple(o // c for o, c in zip(roi.offset, level.chunks, strict=True))
+            raise CorruptChunkError(str(array_dir), first, "block read back after writing differs")
         info = {"sha256": item.sha256}
         ledger.mark_done(item.block.block_id, info)
         results[item.block.block_id] = {"block_id": item.block.block_id, **info}
@@ -510,12 +554,13 @@ def _write_blocks(
 def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = False) -> WriteResult:
     """Write ``source`` (z, y, x) as planned, blockwise with tensorstore, and publish it.
 
-    Peak memory is a few blocks (``PIPELINE_DEPTH`` in flight plus one read back). Each block
-    is one transaction over whole shards; its done marker (``ledger_dir(plan)``) is written
-    only after it was read back and verified, so a rerun of the same plan resumes in the same
-    staging directory. Levels s1.. are computed from the verified level below. The container
-    appears at ``plan.path`` only when complete; ``block_checksums`` are sha256 of each s0
-    block's C-order bytes (keyed by block id; ``s<n>/<block id>`` for further levels).
+    Peak memory is about ``2 * PIPELINE_DEPTH + 1`` blocks (each block in flight is held here
+    and staged by tensorstore, plus one read back). Each block is one transaction over whole
+    shards; its done marker (``ledger_dir(plan)``) is written only after its shard files were
+    fsynced and the block was read back and verified, so a rerun of the same plan resumes in
+    the same staging directory. Levels s1.. are computed from the verified level below. The
+    container appears at ``plan.path`` only when complete; ``block_checksums`` are sha256 of
+    each s0 block's C-order bytes (keyed by block id; ``s<n>/<block id>`` for further levels).
     """
     t0 = time.perf_counter()
     _check_source(plan, source)
@@ -537,37 +582,30 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
 
     checksums: dict[str, str] = {}
     previous: tuple[_Level, Any] | None = None
-    for level, ledger in zip(levels, ledgers, strict=True):
-        spec = _array_spec(staging / level.path, level, dtype, plan.options["compression_level"])
-        store = ts.open(spec, create=True, open=True).result()
-        read: Callable[[Roi], np.ndarray]
-        if previous is None:
-            read = source.read
-        else:
-            below, below_store = previous
-
-            def read_below(roi: Roi, store: Any = below_store) -> np.ndarray:
-                return np.asarray(store[roi.to_slices()].read().result())
-
-            def read(roi: Roi, below: _Level = below, read_below: Any = read_below) -> np.ndarray:
-                return downsample_roi(read_below, below.shape, roi, slab=below.chunks[0])
-
-        done = _write_blocks(
-            store,
-            BlockPlan(level.shape, level.block_shape),
-            read,
-            ledger,
-            dtype=dtype,
-            array_path=str(staging / level.path),
-            chunks=level.chunks,
-            progress=progress,
-            desc=f"{name} {level.path}",
-        )
-        for block_id, info in done.items():
-            checksums[block_id if level.path == "s0" else f"{level.path}/{block_id}"] = str(
-                info["sha256"]
+    with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as io_pool:
+        for level, ledger in zip(levels, ledgers, strict=True):
+            spec = _array_spec(
+                staging / level.path, level, dtype, plan.options["compression_level"]
             )
-        previous = (level, store)
+            store = ts.open(spec, create=True, open=True).result()
+            read = source.read if previous is None else _downsampling_reader(*previous)
+            done = _write_blocks(
+                store,
+                BlockPlan(level.shape, level.block_shape),
+                read,
+                ledger,
+                level=level,
+                dtype=dtype,
+                array_dir=staging / level.path,
+                io_pool=io_pool,
+                progress=progress,
+                desc=f"{name} {level.path}",
+            )
+            for block_id, info in done.items():
+                checksums[block_id if level.path == "s0" else f"{level.path}/{block_id}"] = str(
+                    info["sha256"]
+                )
+            previous = (level, store)
 
     written = {}
     for level in levels:
@@ -586,7 +624,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 "chunks": list(lv.chunks),
                 "shards": list(lv.shards),
                 "shard_grid": list(lv.shard_grid),
-            }  # fmt: skip
+            }
             for lv in levels
         ],
         block_shape=list(plan.block_shape),
@@ -623,6 +661,24 @@ def _grid_shape(value: Sequence[int | None] | None, shape: Sequence[int]) -> tup
     return (v[0], v[1], v[2])
 
 
+def _first_level(attrs: dict[str, Any]) -> tuple[str, tuple[float, float, float]]:
+    """(path, voxel size (z, y, x) in nm) of level 0 of the group's single (z, y, x) image."""
+    multiscales = attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise ValueError("no OME-NGFF 'multiscales' metadata")
+    image = multiscales[0]
+    axes = [a["name"] for a in image["axes"]]
+    if axes != ["z", "y", "x"]:
+        raise ValueError(f"expected axes (z, y, x), found {axes}")
+    units = [a.get("unit", "nanometer") for a in image["axes"]]
+    if any(u not in _NM_PER_UNIT for u in units):
+        raise ValueError(f"unsupported axis units {units}")
+    dataset = image["datasets"][0]
+    scale = next(t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale")
+    nm = [float(v) * _NM_PER_UNIT[u] for v, u in zip(scale, units, strict=True)]
+    return str(dataset["path"]), (nm[0], nm[1], nm[2])
+
+
 class OmeZarrVolume:
     """Level s0 of a single-image OME-Zarr container, read with tensorstore.
 
@@ -643,24 +699,13 @@ class OmeZarrVolume:
         except (OSError, ValueError) as err:
             raise FormatError(f"{self._path}: no readable Zarr v3 group metadata: {err}") from err
         attrs = group.get("attributes", {}) if isinstance(group, dict) else {}
-        multiscales = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-        if not multiscales:
-            raise FormatError(f"{self._path}: no OME-NGFF 'multiscales' metadata")
-        image = multiscales[0]
-        axes = [a.get("name") for a in image.get("axes", [])]
-        if axes != ["z", "y", "x"]:
-            raise FormatError(f"{self._path}: expected axes (z, y, x), found {axes}")
-        dataset = image["datasets"][0]
-        scale = next(
-            t["scale"] for t in dataset["coordinateTransformations"] if t["type"] == "scale"
-        )
-        units = [a.get("unit", "nanometer") for a in image["axes"]]
-        if any(u not in _NM_PER_UNIT for u in units):
-            raise FormatError(f"{self._path}: unsupported axis units {units}")
-        nm = [float(s) * _NM_PER_UNIT[u] for s, u in zip(scale, units, strict=True)]
-        self._array_path = root / dataset["path"]
+        try:
+            dataset_path, nm = _first_level(attrs)
+        except (KeyError, IndexError, TypeError, ValueError, StopIteration) as err:
+            raise FormatError(f"{self._path}: bad OME-NGFF metadata: {err!r}") from err
+        self._array_path = root / dataset_path
         written = attrs.get("fib_assets", {}).get("written_shards", {})
-        strict = isinstance(written, dict) and dataset["path"] in written
+        strict = isinstance(written, dict) and dataset_path in written
         spec = {
             "driver": "zarr3",
             "kvstore": {"driver": "file", "path": str(self._array_path)},
@@ -670,7 +715,7 @@ class OmeZarrVolume:
             self._store: Any = ts.open(spec, read=True).result()
             array_meta = json.loads((self._array_path / "zarr.json").read_text())
         except (OSError, ValueError) as err:
-            raise FormatError(f"{self._path}: cannot open array {dataset['path']}: {err}") from err
+            raise FormatError(f"{self._path}: cannot open array {dataset_path}: {err}") from err
         if self._store.rank != 3:
             raise FormatError(f"{self._path}: expected a 3-d array, found {self._store.shape}")
         layout = self._store.chunk_layout
