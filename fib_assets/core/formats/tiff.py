@@ -475,15 +475,14 @@ def _resume_slices(
     if not done or not staging.is_dir():
         return False
     try:
-        if json.loads((staging / METADATA_NAME).read_text()) != description:
+        stored = json.loads((staging / METADATA_NAME).read_text())
+        if stored != json.loads(json.dumps(description)):
             return False
         with TiffVolumeReader(staging) as reader:
             for block in blocks:
-                if (
-                    block.block_id in done
-                    and _sha256(reader.read(block.write_roi))
-                    != ledger.info(block.block_id)["sha256"]
-                ):
+                if block.block_id not in done:
+                    continue
+                if _sha256(reader.read(block.write_roi)) != ledger.info(block.block_id)["sha256"]:
                     return False
     except (OSError, ValueError, KeyError):
         return False

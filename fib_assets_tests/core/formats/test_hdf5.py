@@ -5,7 +5,11 @@ The independent reader is h5py (+ hdf5plugin for zstd), never our reader.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -110,8 +114,6 @@ def test_dataset_chunking_equals_the_plan(tmp_path):
 
 
 def test_block_checksums_are_sha256_of_c_order_blocks(tmp_path):
-    import hashlib
-
     data = em_like((16, 16, 16), "uint8", seed=7)
     res = _write(tmp_path, data, chunks=(8, 8, 8), block_shape=(8, 16, 8))
     assert len(res.block_checksums) == 4
@@ -284,3 +286,48 @@ def test_source_that_does_not_match_the_plan_is_refused(tmp_path):
     plan = h5fmt.plan_write(tmp_path / "m.h5", info)
     with pytest.raises(ValueError, match="plan was made for"):
         h5fmt.write_volume(plan, ArraySource(em_like((4, 8, 9), "uint8"), VOXEL))
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from fib_assets.core.formats import hdf5
+from fib_assets.core.formats.base import ArraySource
+from fib_assets_tests.core.formats.conformance import VOXEL, em_like
+
+class KilledOnFourthRead(ArraySource):
+    calls = 0
+
+    def read(self, roi):
+        KilledOnFourthRead.calls += 1
+        if KilledOnFourthRead.calls == 4:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no HDF5 close
+        return super().read(roi)
+
+src = KilledOnFourthRead(em_like((16, 32, 32), "uint16", seed=1), VOXEL)
+plan = hdf5.plan_write(sys.argv[1], src.info, chunks=(4, 16, 16), block_shape=(4, 32, 32))
+hdf5.write_volume(plan, src)
+"""
+
+
+def test_resume_after_the_writer_process_was_killed(tmp_path):
+    path = tmp_path / "killed.h5"
+    cwd = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path)], cwd=cwd, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+    data = em_like((16, 32, 32), "uint16", seed=1)
+
+    class Counting(ArraySource):
+        calls = 0
+
+        def read(self, roi):
+            Counting.calls += 1
+            return super().read(roi)
+
+    src = Counting(data, VOXEL)
+    plan = h5fmt.plan_write(path, src.info, chunks=(4, 16, 16), block_shape=(4, 32, 32))
+    assert staging_path(plan).exists() and not path.exists()
+    res = h5fmt.write_volume(plan, src)
+    assert Counting.calls == 1  # three of four slabs were done (and re-verified) before the kill
+    with h5py.File(res.path, "r") as f:
+        np.testing.assert_array_equal(f["volume"][...], data)

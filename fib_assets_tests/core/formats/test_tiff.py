@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +359,50 @@ def test_bad_plans_name_the_bad_value(tmp_path, kw, match):
         tiffmod.plan_write(tmp_path / "bad.tiff", info, **kw)
     with pytest.raises(ValueError, match=r"\.tiff"):
         tiffmod.plan_write(tmp_path / "bad.tif", info)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from fib_assets.core.formats import tiff
+from fib_assets.core.formats.base import ArraySource
+from fib_assets_tests.core.formats.conformance import VOXEL, em_like
+
+class KilledOnFourthRead(ArraySource):
+    calls = 0
+
+    def read(self, roi):
+        KilledOnFourthRead.calls += 1
+        if KilledOnFourthRead.calls == 4:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, TiffWriter never closed
+        return super().read(roi)
+
+src = KilledOnFourthRead(em_like((16, 32, 32), "uint16", seed=1), VOXEL)
+plan = tiff.plan_write(sys.argv[1], src.info, chunks=(4, 16, 16), layout=sys.argv[2])
+tiff.write_volume(plan, src)
+"""
+
+
+@pytest.mark.parametrize("layout", ["bigtiff", "slices"])
+def test_resume_after_the_writer_process_was_killed(tmp_path, layout):
+    path = tmp_path / "killed.tiff"
+    cwd = Path(__file__).resolve().parents[3]
+    argv = [sys.executable, "-c", KILLED_WRITER, str(path), layout]
+    proc = subprocess.run(argv, cwd=cwd, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+
+    data = em_like((16, 32, 32), "uint16", seed=1)
+
+    class Counting(ArraySource):
+        calls = 0
+
+        def read(self, roi):
+            Counting.calls += 1
+            return super().read(roi)
+
+    src = Counting(data, VOXEL)
+    plan = tiffmod.plan_write(path, src.info, chunks=(4, 16, 16), layout=layout)
+    assert staging_path(plan).exists() and not path.exists()
+    res = tiffmod.write_volume(plan, src)
+    assert Counting.calls == 1  # three of four slabs were done (and re-verified) before the kill
+    with tiffmod.open_volume(res.path) as vol:
+        np.testing.assert_array_equal(vol.read(Roi((0, 0, 0), data.shape)), data)
