@@ -169,7 +169,7 @@ def demo(
                 f"      downstream not materialized (blocked): {', '.join(o.skipped_assets)}"
             )
     for name, ok in tables.items():
-        typer.echo(f"  {name}: {'ok' if ok else 'FAILED'}")
+        typer.echo(f"  {name}: {ok}")
     typer.echo(
         f"\nData under {data}/storage; instance at {home}.\n"
         "Next: `make ui` and open http://127.0.0.1:3000 (Assets → raw_volume → Partitions), "

@@ -12,6 +12,9 @@ from fib_assets.core.acquisition.region import check_region_complete
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import REPO_ROOT
 
+# Console logs of demo runs: warnings and errors only (everything is in the instance's event log)
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 # Each demo region shows something: two clean regions, one with image artefacts that the
 # (warning) image-quality checks flag, one with acquisition faults that the blocking checks
 # catch so its downstream assets are skipped.
@@ -93,7 +96,12 @@ def _region_outcome_from_instance(
     from fib_assets.status import collect_status
 
     rows = [r for r in collect_status(defs, instance) if r.partition == region]
-    failed = [f"{r.asset}:{c.name}" for r in rows for c in r.checks if c.status == "FAILED"]
+    failed = [
+        f"{r.asset}:{c.name} ({(c.severity or 'error').lower()})"
+        for r in rows
+        for c in r.checks
+        if c.status == "FAILED"
+    ]
     skipped = [r.asset for r in rows if not r.materialized]
     return DemoRegionOutcome(region, not failed and not skipped, True, failed, skipped)
 
@@ -130,9 +138,10 @@ def materialize_region(
         resources=dict(defs.resources or {}),
         raise_on_error=False,
         tags=tags,
+        run_config=QUIET,
     )
     failed = [
-        f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+        f"{ev.asset_key.to_user_string()}:{ev.check_name} ({ev.severity.value.lower()})"
         for ev in result.get_asset_check_evaluations()
         if not ev.passed
     ]
@@ -141,15 +150,17 @@ def materialize_region(
     return DemoRegionOutcome(region, result.success, False, failed, skipped)
 
 
-def materialize_unpartitioned(
-    defs: dg.Definitions, instance: dg.DagsterInstance
-) -> dict[str, bool]:
-    """Materialize the cross-region assets (benchmark tables); returns {asset: success}."""
+def materialize_unpartitioned(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, str]:
+    """Materialize the cross-region assets (benchmark tables) that are not materialized yet;
+    returns {asset: "ok" | "reused" | "FAILED"}."""
     graph = defs.resolve_asset_graph()
     keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
     assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
     out = {}
     for key in sorted(keys, key=lambda k: k.to_user_string()):
+        if instance.fetch_materializations(key, limit=1).records:
+            out[key.to_user_string()] = "reused"
+            continue
         result = dg.materialize(
             assets,
             selection=dg.AssetSelection.assets(key),
@@ -157,6 +168,7 @@ def materialize_unpartitioned(
             resources=dict(defs.resources or {}),
             raise_on_error=False,
             tags={"fib_assets/demo": "1"},
+            run_config=QUIET,
         )
-        out[key.to_user_string()] = result.success
+        out[key.to_user_string()] = "ok" if result.success else "FAILED"
     return out

@@ -272,4 +272,3 @@ def validate_table(df: pd.DataFrame, expected_rows: int) -> dict[str, Any]:
         if not r.success and r.expectation_config is not None
     ]
     return {"success": bool(result.success), "evaluated": len(result.results), "failed": failed}
-

@@ -41,7 +41,9 @@ def verify_same_voxels(
     errors: list[str] = []
     sums: dict[str, str] = {}
     for block in plan.blocks():
-        want = hashlib.sha256(np.ascontiguousarray(reference.read(block.write_roi)).tobytes()).hexdigest()
+        want = hashlib.sha256(
+            np.ascontiguousarray(reference.read(block.write_roi)).tobytes()
+        ).hexdigest()
         try:
             got_arr = candidate.read(block.write_roi)
         except CorruptChunkError as exc:

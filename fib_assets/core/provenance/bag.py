@@ -238,12 +238,31 @@ def make_package_bag(directory: Path, bag_info: Mapping[str, str | Sequence[str]
     return Path(directory)
 
 
+def _name_problems(bag: Any) -> list[str]:
+    """Every missing, unexpected or altered payload file of ``bag`` (sha256), for messages when
+    bagit stops early (its Payload-Oxum count/size check names no file)."""
+    missing, unexpected = bag.compare_manifests_with_fs()
+    out = [f"{p}: listed in the manifest but missing" for p in sorted(missing)]
+    out += [f"{p}: present but not in any manifest" for p in sorted(unexpected)]
+    for rel, digests in sorted(bag.payload_entries().items()):
+        f = Path(bag.path) / rel
+        if rel in missing or not f.is_file() or "sha256" not in digests:
+            continue
+        found = sha256_file(f)
+        if found != digests["sha256"]:
+            out.append(f"{rel}: sha256 is {found}, manifest records {digests['sha256']}")
+    return out
+
+
 def validate_bag(path: Path) -> dict[str, Any]:
     """bagit's full validation (structure, completeness, every checksum of every algorithm);
     raise BagInvalid naming each offending file. Returns a summary on success."""
     path = Path(path)
     try:
         bag = bagit.Bag(str(path))
+    except bagit.BagError as exc:
+        raise BagInvalid(f"bag {path} is invalid: {exc}") from exc
+    try:
         bag.validate(fast=False, completeness_only=False)
     except bagit.BagValidationError as exc:
         details = []
@@ -258,8 +277,9 @@ def validate_bag(path: Path) -> dict[str, Any]:
                 details.append(f"{d.path}: present but not in any manifest")
             else:
                 details.append(str(d))
-        msg = "; ".join(details) or str(exc)
-        raise BagInvalid(f"bag {path} is invalid: {msg}") from exc
+        if not details:
+            details = [str(exc), *_name_problems(bag)]
+        raise BagInvalid(f"bag {path} is invalid: {'; '.join(details)}") from exc
     except bagit.BagError as exc:
         raise BagInvalid(f"bag {path} is invalid: {exc}") from exc
     payload_entries = dict(bag.payload_entries())

@@ -45,6 +45,7 @@ class CrateInfo:
     description: str
     license: str  # URL of the license
     date_published: str  # ISO 8601 date
+    license_name: str = ""  # e.g. the SPDX id "CC-BY-4.0"
     keywords: tuple[str, ...] = ()
     creators: tuple[str, ...] = ()
     # files in the payload described as their own data entities: {relative path: description}
@@ -77,7 +78,9 @@ def build_crate(
     crate.datePublished = info.date_published
     crate.license = crate.add(
         ContextEntity(
-            crate, info.license, properties={"@type": "CreativeWork", "name": info.license}
+            crate,
+            info.license,
+            properties={"@type": "CreativeWork", "name": info.license_name or info.license},
         )
     )
     if info.keywords:

@@ -254,6 +254,7 @@ def build_package(req: PackageRequest, out_dir: Path) -> PackageResult:
                 name=dc.title,
                 description=dc.description or dc.title,
                 license=req.license_url,
+                license_name=dc.rights or "",
                 date_published=time.strftime("%Y-%m-%d", time.gmtime()),
                 keywords=dc.subjects,
                 creators=dc.creators,

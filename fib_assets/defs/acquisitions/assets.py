@@ -1,6 +1,5 @@
 """Raw acquisitions: the source files of a sample region and its canonical raw volume."""
 
-
 import dagster as dg
 import pandas as pd
 

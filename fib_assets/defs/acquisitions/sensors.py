@@ -1,6 +1,5 @@
 """The landing-zone sensor: every new complete region folder becomes a partition and a run."""
 
-
 import json
 from pathlib import Path
 

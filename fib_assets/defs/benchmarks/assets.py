@@ -1,6 +1,5 @@
 """Benchmark tables: which format serves large-volume deep learning best, measured fairly."""
 
-
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +40,7 @@ class FormatBenchmarkConfig(dg.Config):
     kinds={"parquet", "pandas"},
     code_version="1",
     deps=[
-        dg.AssetDep(f"volume_{fmt}", partition_mapping=dg.AllPartitionMapping())
-        for fmt in VARIANTS
+        dg.AssetDep(f"volume_{fmt}", partition_mapping=dg.AllPartitionMapping()) for fmt in VARIANTS
     ],
     check_specs=[
         dg.AssetCheckSpec(

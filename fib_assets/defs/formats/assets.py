@@ -4,7 +4,6 @@ One factory builds all five assets, so every variant is planned, written, verifi
 described the same way; only the format module differs.
 """
 
-
 import importlib.metadata
 import json
 import time
@@ -87,6 +86,7 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 DECODES_TO_CANONICAL,
                 asset=name,
+                partitions_def=regions,
                 blocking=True,
                 description="Every block of this variant decodes to the same bytes (sha256) "
                 "as the canonical raw volume; corrupt chunks are named.",
@@ -142,8 +142,9 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
             },
         )
         return dg.MaterializeResult(
-            data_version=dg.DataVersion(fingerprint({"format": fmt, **plan.to_dict(),
-                                                     "source": src_version})),  # fmt: skip
+            data_version=dg.DataVersion(
+                fingerprint({"format": fmt, **plan.to_dict(), "source": src_version})
+            ),  # fmt: skip
             metadata={
                 "dagster/uri": dg.MetadataValue.path(str(out)),
                 "canonical_source": dg.MetadataValue.path(src_path),

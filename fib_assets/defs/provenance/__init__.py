@@ -6,7 +6,7 @@ import dagster as dg
 from fib_assets.defs.provenance.assets import deposit_package, provenance_audit, repository_draft
 from fib_assets.defs.provenance.checks import package_fixity, source_fixity
 from fib_assets.defs.provenance.schedules import (
-    fixity_schedule,
+    fixity_schedules,
     package_fixity_job,
     source_fixity_job,
 )
@@ -15,5 +15,5 @@ defs = dg.Definitions(
     assets=[provenance_audit, deposit_package, repository_draft],
     asset_checks=[source_fixity, package_fixity],
     jobs=[source_fixity_job, package_fixity_job],
-    schedules=[fixity_schedule],
+    schedules=fixity_schedules,
 )

@@ -16,7 +16,6 @@ DEFAULT_FIXITY_CRON = "0 3 * * 0"
 source_fixity_job = dg.define_asset_job(
     "source_fixity_job",
     selection=dg.AssetSelection.checks(source_fixity),
-    partitions_def=regions,
     description="Re-verify the raw source files of one region against their sha256 manifest.",
 )
 package_fixity_job = dg.define_asset_job(
@@ -26,51 +25,52 @@ package_fixity_job = dg.define_asset_job(
 )
 
 
-def fixity_run_requests(instance: dg.DagsterInstance, scheduled_at: str) -> list[dg.RunRequest]:
-    """One run per region that has a raw_acquisition to verify (partitioned check), plus one
-    for the latest deposit package if there is one."""
+def source_fixity_requests(instance: dg.DagsterInstance, stamp: str) -> list[dg.RunRequest]:
+    """One run per region that has a raw_acquisition to verify."""
     requests = []
     for region in instance.get_dynamic_partitions(regions.name or "regions"):
         flt = dg.AssetRecordsFilter(asset_key=raw_acquisition.key, asset_partitions=[region])
         if instance.fetch_materializations(flt, limit=1).records:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"fixity-{region}-{scheduled_at}",
-                    job_name=source_fixity_job.name,
-                    partition_key=region,
-                )
-            )
-    if instance.fetch_materializations(deposit_package.key, limit=1).records:
-        requests.append(
-            dg.RunRequest(
-                run_key=f"fixity-package-{scheduled_at}", job_name=package_fixity_job.name
-            )
-        )
+            requests.append(dg.RunRequest(run_key=f"fixity-{region}-{stamp}", partition_key=region))
     return requests
 
 
-def build_fixity_schedule(cron: str | None = None) -> dg.ScheduleDefinition:
+def _stamp(context: dg.ScheduleEvaluationContext) -> str:
+    t = context.scheduled_execution_time
+    return t.strftime("%Y%m%dT%H%M") if t is not None else "now"
+
+
+def build_fixity_schedules(cron: str | None = None) -> list[dg.ScheduleDefinition]:
+    """The weekly (default) fixity schedules; ``cron`` or $FIB_ASSETS_FIXITY_CRON overrides."""
+    cron = cron or os.environ.get("FIB_ASSETS_FIXITY_CRON", DEFAULT_FIXITY_CRON)
+
     @dg.schedule(
         name="fixity_schedule",
-        cron_schedule=cron or os.environ.get("FIB_ASSETS_FIXITY_CRON", DEFAULT_FIXITY_CRON),
+        cron_schedule=cron,
         execution_timezone="UTC",
-        jobs=[source_fixity_job, package_fixity_job],
+        job=source_fixity_job,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Weekly fixity: re-hash every region's raw source files and validate the "
-        "latest deposit package; drift fails the source_fixity / package_fixity checks.",
+        description="Weekly fixity of raw data: re-hash every region's source files against "
+        "their sha256 manifest; drift fails the source_fixity check of that region.",
     )
-    def _fixity_schedule(
-        context: dg.ScheduleEvaluationContext,
-    ) -> list[dg.RunRequest] | dg.SkipReason:
-        stamp = (
-            context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
-            if context.scheduled_execution_time
-            else "now"
-        )
-        requests = fixity_run_requests(context.instance, stamp)
-        return requests or dg.SkipReason("nothing materialized yet: no checksums to verify")
+    def _sources(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+        requests = source_fixity_requests(context.instance, _stamp(context))
+        return requests or dg.SkipReason("no raw_acquisition materialized: nothing to verify")
 
-    return _fixity_schedule
+    @dg.schedule(
+        name="package_fixity_schedule",
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        job=package_fixity_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Weekly fixity of the latest deposit package (bagit full validation).",
+    )
+    def _package(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if not context.instance.fetch_materializations(deposit_package.key, limit=1).records:
+            return dg.SkipReason("no deposit package yet")
+        return dg.RunRequest(run_key=f"fixity-package-{_stamp(context)}")
+
+    return [_sources, _package]
 
 
-fixity_schedule = build_fixity_schedule()
+fixity_schedules = build_fixity_schedules()
