@@ -69,6 +69,26 @@ class AuditError(ValueError):
     """The audit cannot start: unknown asset, missing or unknown partition key."""
 
 
+def asset_graph_of(context: dg.AssetExecutionContext) -> AssetGraph:
+    """The whole asset graph of the code location an executing asset belongs to.
+
+    Runs launched from a code location carry their repository; in-process runs
+    (``dg.materialize``, the CLI's ``deposit``) do not, and their job graph holds only the
+    selected assets, so the code location's definitions are loaded instead."""
+    try:
+        return context.repository_def.asset_graph
+    except Exception:  # dagster raises a CheckError when no repository is set
+        from fib_assets.definitions import defs  # lazy: definitions imports this package
+
+        graph = defs.resolve_asset_graph()
+    if graph.has(context.asset_key):
+        return graph
+    # an asset not (yet) wired into the code location: add it to the location's graph
+    own = context.assets_def
+    others = [ad for ad in graph.assets_defs if not set(ad.keys) & set(own.keys)]
+    return AssetGraph.from_assets([*others, own])
+
+
 def _graph(defs: dg.Definitions | AssetGraph) -> AssetGraph:
     return defs.resolve_asset_graph() if isinstance(defs, dg.Definitions) else defs
 
@@ -440,7 +460,7 @@ def upstream_provenance(
     version, storage id and time of the upstream's latest materialization. Put it in the
     asset's metadata under ``upstream`` (``dg.MetadataValue.json``) so audits can compare per
     partition, which Dagster's hashed ``input_data_version`` tag cannot."""
-    graph = context.repository_def.asset_graph
+    graph = asset_graph_of(context)
     key = context.asset_key
     partition = context.partition_key if context.has_partition_key else None
     out: dict[str, list[dict[str, Any]]] = {}

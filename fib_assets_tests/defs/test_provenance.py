@@ -3,6 +3,7 @@ schedule, deposit package (bagit + rocrate), repository draft (local fake Figsha
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import shutil
@@ -235,13 +236,16 @@ def test_tampered_source_is_a_fixity_mismatch(instance, tmp_path, landing):
     assert audit_command(DEFS, instance, "raw_volume", "r001", echo=lambda s: None) == 1
 
     # the fixity check reports the drift as a failing ERROR check; the schedule requests it
-    ctx = dg.build_schedule_context(instance=instance)
+    when = datetime.datetime(2026, 3, 1, 3, 0, tzinfo=datetime.UTC)
+    ctx = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=when, repository_def=DEFS.get_repository_def()
+    )
     sched = {s.name: s for s in fixity_schedules}["fixity_schedule"]
     (req,) = sched.evaluate_tick(ctx).run_requests
-    assert req.partition_key == "r001"
+    assert req.tags["dagster/partition"] == "r001"
     job = DEFS.resolve_job_def("source_fixity_job")
     out = job.execute_in_process(
-        instance=instance, partition_key="r001", resources=res, raise_on_error=False
+        instance=instance, tags=req.tags, resources=res, raise_on_error=False
     )
     (ev,) = out.get_asset_check_evaluations()
     assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR

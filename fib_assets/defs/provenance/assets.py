@@ -20,7 +20,13 @@ import dagster as dg
 from pydantic import Field
 
 import fib_assets.audit as audit_module
-from fib_assets.audit import run_audits, runtime_environment, selected_upstream, upstream_provenance
+from fib_assets.audit import (
+    asset_graph_of,
+    run_audits,
+    runtime_environment,
+    selected_upstream,
+    upstream_provenance,
+)
 from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json, fingerprint
 from fib_assets.core.geometry import RegionKeyError, validate_region_key
 from fib_assets.core.provenance import audit as core_audit
@@ -47,7 +53,7 @@ CODE_DRAFT = code_version_of(figshare_client, bag, _THIS)
 
 def _region_leaves(context: dg.AssetExecutionContext, region: str) -> list[str]:
     """The region's most downstream materialized assets (outside this family)."""
-    graph = context.repository_def.asset_graph
+    graph = asset_graph_of(context)
     instance = context.instance
 
     def in_scope(key: dg.AssetKey) -> bool:
@@ -113,7 +119,7 @@ def provenance_audit(
     ids, times and check results; source files re-verified against their sha256 manifest.
     JSON + self-contained HTML (lineage drawn). The audit_clean check fails on any flag."""
     region = context.partition_key
-    graph = context.repository_def.asset_graph
+    graph = asset_graph_of(context)
     targets = config.assets or _region_leaves(context, region)
     if not targets:
         raise dg.Failure(f"no asset of region {region} is materialized: nothing to audit")
@@ -204,7 +210,7 @@ class DepositConfig(dg.Config):
 def _selection(
     context: dg.AssetExecutionContext, config: DepositConfig
 ) -> list[tuple[str, str | None]]:
-    graph = context.repository_def.asset_graph
+    graph = asset_graph_of(context)
     instance = context.instance
     chosen = list(config.regions)
     for r in chosen:
@@ -258,7 +264,7 @@ def deposit_package(
     bagit's full validation and by re-reading the crate. Fails if the audit flags anything,
     unless allow_flagged with an override_reason (recorded in the package)."""
     selection = _selection(context, config)
-    graph = context.repository_def.asset_graph
+    graph = asset_graph_of(context)
     report = run_audits(graph, context.instance, selection, verify_fixity=config.verify_fixity)
     override = None
     if report.flags:

@@ -31,13 +31,22 @@ def source_fixity_requests(instance: dg.DagsterInstance, stamp: str) -> list[dg.
     for region in instance.get_dynamic_partitions(regions.name or "regions"):
         flt = dg.AssetRecordsFilter(asset_key=raw_acquisition.key, asset_partitions=[region])
         if instance.fetch_materializations(flt, limit=1).records:
-            requests.append(dg.RunRequest(run_key=f"fixity-{region}-{stamp}", partition_key=region))
+            # a job of checks only has no partitions definition in dagster 1.13 (it is inferred
+            # from selected *assets*), so RunRequest(partition_key=...) is refused; the run's
+            # partition tag is what partition_key would set, and the check reads it
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"fixity-{region}-{stamp}", tags={"dagster/partition": region}
+                )
+            )
     return requests
 
 
 def _stamp(context: dg.ScheduleEvaluationContext) -> str:
-    t = context.scheduled_execution_time
-    return t.strftime("%Y%m%dT%H%M") if t is not None else "now"
+    try:
+        return context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
+    except Exception:  # a context built without a tick time (tests, manual evaluation)
+        return "manual"
 
 
 def build_fixity_schedules(cron: str | None = None) -> list[dg.ScheduleDefinition]:

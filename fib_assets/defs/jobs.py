@@ -1,0 +1,87 @@
+"""Project-wide jobs and automation: one job per asset family and the nightly backfill of
+regions that arrived (or gained new assets) since the last night."""
+
+import dagster as dg
+
+from fib_assets.defs.partitions import regions
+
+acquisitions_job = dg.define_asset_job(
+    "acquisitions_job",
+    selection=dg.AssetSelection.groups("acquisitions"),
+    partitions_def=regions,
+    description="Raw acquisitions of one region: inventory, fixity, canonical volume, QC.",
+)
+formats_job = dg.define_asset_job(
+    "formats_job",
+    selection=dg.AssetSelection.groups("formats"),
+    partitions_def=regions,
+    description="All format variants of one region, each verified against the canonical volume.",
+)
+benchmarks_job = dg.define_asset_job(
+    "benchmarks_job",
+    selection=dg.AssetSelection.groups("benchmarks"),
+    description="Cross-region benchmark tables.",
+)
+region_pipeline_job = dg.define_asset_job(
+    "region_pipeline_job",
+    selection=dg.AssetSelection.all().materializable()
+    - dg.AssetSelection.groups("benchmarks", "provenance"),
+    partitions_def=regions,
+    description="Everything partitioned by region, for one region (what the nightly backfill runs).",
+)
+
+
+def regions_needing_work(
+    instance: dg.DagsterInstance, keys: list[dg.AssetKey]
+) -> tuple[list[str], dict[str, str]]:
+    """Regions with any asset in ``keys`` never materialized, minus those whose latest run
+    failed (a blocking check or an error needs a curator first); returns (todo, skipped)."""
+    todo: list[str] = []
+    skipped: dict[str, str] = {}
+    for region in instance.get_dynamic_partitions(regions.name or "regions"):
+        missing = [
+            k
+            for k in keys
+            if not instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=k, asset_partitions=[region]), limit=1
+            ).records
+        ]
+        if not missing:
+            continue
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": region}), limit=1)
+        if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
+            skipped[region] = f"latest run {runs[0].run_id[:8]} failed; fix and rerun by hand"
+        elif runs and not runs[0].is_finished:
+            skipped[region] = f"run {runs[0].run_id[:8]} still in progress"
+        else:
+            todo.append(region)
+    return todo, skipped
+
+
+@dg.schedule(
+    name="nightly_region_backfill",
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    job=region_pipeline_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every night at 02:00 UTC, runs the region pipeline for every region with an "
+    "asset never materialized (new regions, or new asset families). Regions whose latest run "
+    "failed are left for a curator. (Partitioned-job schedules do not support dynamic "
+    "partitions, so this schedule computes the regions itself.)",
+)
+def nightly_region_backfill(
+    context: dg.ScheduleEvaluationContext,
+) -> dg.SkipReason | list[dg.RunRequest]:
+    graph = context.repository_def.asset_graph if context.repository_def else None
+    keys = (
+        [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def == regions]
+        if graph is not None
+        else []
+    )
+    todo, skipped = regions_needing_work(context.instance, keys)
+    for region, why in skipped.items():
+        context.log.info(f"nightly backfill skips {region}: {why}")
+    stamp = context.scheduled_execution_time.strftime("%Y%m%d")
+    if not todo:
+        return dg.SkipReason(f"no region needs work ({len(skipped)} left for curators)")
+    return [dg.RunRequest(run_key=f"nightly-{stamp}-{r}", partition_key=r) for r in todo]
