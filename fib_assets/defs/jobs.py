@@ -27,7 +27,7 @@ region_pipeline_job = dg.define_asset_job(
     selection=dg.AssetSelection.all().materializable()
     - dg.AssetSelection.groups("benchmarks", "provenance"),
     partitions_def=regions,
-    description="Everything partitioned by region, for one region (what the nightly backfill runs).",
+    description="Every region-partitioned asset of one region (what the nightly backfill runs).",
 )
 
 
