@@ -27,12 +27,13 @@ import platform
 import re
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
@@ -135,7 +136,7 @@ def mapped_partitions(
     res = mapping.get_upstream_mapped_partitions_result_for_partitions(
         subset, child_def, parent_def, dynamic_partitions_store=instance
     )
-    return sorted(res.partitions_subset.get_partition_keys())
+    return [*sorted(res.partitions_subset.get_partition_keys())]
 
 
 def _recorded_upstream(meta: dict[str, Any], parent: str) -> dict[str, str] | None:
@@ -266,7 +267,8 @@ def _run_config(instance: dg.DagsterInstance, run_id: str, key: dg.AssetKey) -> 
     run = instance.get_run_by_id(run_id)
     if run is None:
         return {}
-    ops = (run.run_config or {}).get("ops", {}) or {}
+    run_config: dict[str, Any] = dict(run.run_config or {})
+    ops: dict[str, Any] = dict(run_config.get("ops") or {})
     for name in (key.to_python_identifier(), key.path[-1]):
         if name in ops:
             cfg = ops[name].get("config", ops[name]) if isinstance(ops[name], dict) else {}
@@ -381,15 +383,17 @@ def _validate_target(
 ) -> dg.AssetKey:
     key = dg.AssetKey.from_user_string(asset)
     if not graph.has(key):
-        known = sorted(k.to_user_string() for k in graph.materializable_asset_keys)
-        raise AuditError(f"unknown asset {asset!r}; assets: {', '.join(known)}")
+        names = sorted(k.to_user_string() for k in graph.materializable_asset_keys)
+        raise AuditError(f"unknown asset {asset!r}; assets: {', '.join(names)}")
     pdef = graph.get(key).partitions_def
     if pdef is None and partition is not None:
         raise AuditError(f"{asset} is not partitioned: drop --partition {partition!r}")
     if pdef is not None:
         if partition is None:
             raise AuditError(f"{asset} is partitioned: give a partition key (--partition)")
-        if not pdef.has_partition_key(partition, dynamic_partitions_store=instance):
+        with partition_loading_context(dynamic_partitions_store=instance):
+            known = pdef.has_partition_key(partition)
+        if not known:
             raise AuditError(f"{asset} has no partition {partition!r} on this instance")
     return key
 
@@ -586,6 +590,7 @@ def deposit_command(
     allow_flagged: bool = False,
     override_reason: str = "",
     draft: bool = False,
+    resources: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> int:
     """``fib-assets deposit``: materialize ``deposit_package`` for the selection (and
@@ -601,7 +606,7 @@ def deposit_command(
         [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)],
         selection=selection,
         instance=instance,
-        resources=dict(defs.resources or {}),
+        resources=dict(resources if resources is not None else (defs.resources or {})),
         run_config=dg.RunConfig(ops={"deposit_package": {"config": config}}),
         raise_on_error=False,
     )

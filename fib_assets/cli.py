@@ -177,6 +177,107 @@ def demo(
     )
 
 
+def _instance_and_defs():  # type: ignore[no-untyped-def]
+    import dagster as dg
+
+    from fib_assets.definitions import defs
+    from fib_assets.demo import default_dagster_home, prepare_dagster_home
+
+    prepare_dagster_home(default_dagster_home())
+    return dg.DagsterInstance.get(), defs
+
+
+@app.command()
+def audit(
+    asset: str = typer.Argument(..., help="Asset key to audit, e.g. raw_volume."),
+    partition: str | None = typer.Option(None, "--partition", help="Region, e.g. r001."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the HTML report here."),
+    fixity: bool = typer.Option(
+        True, "--fixity/--no-fixity", help="Re-hash raw source files against their manifest."
+    ),
+) -> None:
+    """Audit ASSET [--partition] back to its raw files: versions, runs, checks, fixity.
+    Exit 0 when clean, 1 when anything is flagged, 2 on bad input."""
+    from fib_assets.audit import audit_command
+
+    instance, defs = _instance_and_defs()
+    with instance:
+        code = audit_command(
+            defs, instance, asset, partition, as_json=as_json, html=html, fixity=fixity,
+            echo=typer.echo,
+        )  # fmt: skip
+    raise typer.Exit(code=code)
+
+
+@app.command()
+def deposit(
+    assets: str = typer.Option(
+        "raw_acquisition,raw_volume", "--assets", help="Comma-separated assets to deposit."
+    ),
+    regions: str = typer.Option("", "--regions", help="Comma-separated regions (default all)."),
+    allow_flagged: bool = typer.Option(
+        False, "--allow-flagged", help="Deposit despite audit flags (needs --reason)."
+    ),
+    reason: str = typer.Option("", "--reason", help="Why the flags are acceptable (recorded)."),
+    draft: bool = typer.Option(
+        False, "--draft", help="Also upload as a Figshare draft (FIGSHARE_TOKEN); never publishes."
+    ),
+) -> None:
+    """Build the deposit package (BagIt + RO-Crate + DataCite + audit) for a selection."""
+    from fib_assets.audit import deposit_command
+
+    instance, defs = _instance_and_defs()
+    with instance:
+        code = deposit_command(
+            defs, instance, assets=[a for a in assets.split(",") if a],
+            regions=[r for r in regions.split(",") if r], allow_flagged=allow_flagged,
+            override_reason=reason, draft=draft, echo=typer.echo,
+        )  # fmt: skip
+    raise typer.Exit(code=code)
+
+
+@app.command("paintera-export")
+def paintera_export(
+    region: str = typer.Argument(..., help="Region key, e.g. r001."),
+    out: Path = typer.Option(..., "--out", help="Output container (.n5 or .zarr)."),
+    labels: str = typer.Option(
+        "ground-truth", "--labels", help="'ground-truth' (current revision) or 'none'."
+    ),
+) -> None:
+    """Export a region's raw volume (+ current ground truth) as a Paintera-ready container."""
+    import dagster as dg
+
+    from fib_assets.core.formats.paintera import export_paintera
+    from fib_assets.core.geometry import validate_region_key
+    from fib_assets.core.labels import RevisionLabelSource, RevisionStore, raw_grid
+    from fib_assets.defs.metadata import latest_materialization
+    from fib_assets.defs.resources import StorageResource
+
+    try:
+        validate_region_key(region)
+    except ValueError as exc:
+        _fail(str(exc))
+    instance, _ = _instance_and_defs()
+    with instance:
+        latest = latest_materialization(instance, dg.AssetKey("raw_volume"), region)
+    if latest is None:
+        _fail(f"raw_volume[{region}] is not materialized")
+    raw = str(latest["metadata"]["dagster/uri"])  # type: ignore[index]
+    source = None
+    if labels == "ground-truth":
+        store = RevisionStore(Path(StorageResource().root) / "ground_truth_crops" / region)
+        rev = store.current()
+        if rev is None:
+            _fail(f"{region} has no accepted ground-truth revision")
+        source = RevisionLabelSource(rev, raw_grid(raw))  # type: ignore[arg-type]
+    result = export_paintera(raw, out, labels=source)
+    typer.echo(
+        f"wrote {result.path} (raw {result.raw_group}, labels {result.label_group}, "
+        f"maxId {result.max_id})"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -4,7 +4,9 @@ import warnings
 
 import dagster as dg
 
-from fib_assets.defs import acquisitions, benchmarks, formats, jobs
+from fib_assets.defs import acquisitions, benchmarks, formats, ground_truth, jobs, provenance
+from fib_assets.defs.ground_truth.resources import AnnotationsResource
+from fib_assets.defs.provenance.resources import FigshareResource
 from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 
 # Partitioned asset checks (AssetCheckSpec(partitions_def=...)) are a 1.13 preview; we rely on
@@ -12,18 +14,26 @@ from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-FAMILIES = [acquisitions.defs, formats.defs, benchmarks.defs]
+FAMILIES = [acquisitions.defs, formats.defs, ground_truth.defs, benchmarks.defs, provenance.defs]
 
 defs = dg.Definitions(
     # code references: the UI links every asset to the file and line that defines it
     assets=dg.with_source_code_references([a for f in FAMILIES for a in f.assets or []]),
+    asset_checks=[c for f in FAMILIES for c in f.asset_checks or []],
     sensors=[s for f in FAMILIES for s in f.sensors or []],
-    schedules=[jobs.nightly_region_backfill],
+    schedules=[jobs.nightly_region_backfill, *[s for f in FAMILIES for s in f.schedules or []]],
     jobs=[
         jobs.acquisitions_job,
         jobs.formats_job,
         jobs.benchmarks_job,
         jobs.region_pipeline_job,
+        *[j for f in FAMILIES for j in f.jobs or []],
     ],
-    resources={"storage": StorageResource(), "qc_thresholds": QCThresholdsResource()},
+    resources={
+        "storage": StorageResource(),
+        "qc_thresholds": QCThresholdsResource(),
+        "annotations": AnnotationsResource(),
+        # the token is read from the environment at run time, never stored or shown
+        "figshare": FigshareResource(token=dg.EnvVar("FIGSHARE_TOKEN")),
+    },
 )

@@ -51,6 +51,7 @@ def synthesize_demo_sample(
         write_ground_truth,
         write_region,
     )
+    from fib_assets.core.labels import deliver_synthetic_annotations
 
     written = []
     for i, (region, artefacts) in enumerate(DEMO_REGIONS.items()):
@@ -64,6 +65,16 @@ def synthesize_demo_sample(
             written.append(region)
         if not gt.exists():
             write_ground_truth(gt, sample)
+        # the synthetic truth reaches the annotations inbox as Paintera containers, exactly as a
+        # curator's export would (idempotent)
+        deliver_synthetic_annotations(
+            gt,
+            data_dir / "annotations",
+            region,
+            raw_voxel_size_nm=sample.voxel_size_nm,
+            n_crops=3,
+            seed=seed + i,
+        )
     return written
 
 

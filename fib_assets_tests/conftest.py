@@ -37,3 +37,18 @@ def tiny_sample(tmp_path_factory) -> Path:
         artefact_regions=["r002"],
     )
     return out
+
+
+def code_location_resources(tmp_path: Path, landing: Path) -> dict:
+    """Every resource the code location needs, pointed at temporary folders (no real token)."""
+    from fib_assets.defs.ground_truth.resources import AnnotationsResource
+    from fib_assets.defs.provenance.resources import FigshareResource
+    from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+
+    return {
+        "storage": StorageResource(root=str(tmp_path / "storage"), landing_zone=str(landing)),
+        "qc_thresholds": QCThresholdsResource(),
+        "annotations": AnnotationsResource(inbox=str(tmp_path / "annotations")),
+        # loopback port 9 (discard): nothing in these tests uploads
+        "figshare": FigshareResource(token="test-token-unused", api_url="http://127.0.0.1:9/v2"),
+    }

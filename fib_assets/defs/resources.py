@@ -1,4 +1,6 @@
-"""Project-wide resources: where data lives. Nothing here holds secrets."""
+"""Project-wide resources: where data lives. Nothing here holds secrets: S3 endpoint, region
+and credentials come from the environment (``AWS_ENDPOINT_URL``, ``AWS_REGION``, the pod's
+service account), see :mod:`fib_assets.core.storage`."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from fib_assets.core import storage as object_storage
 from fib_assets.core.geometry import validate_region_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,12 +25,14 @@ class StorageResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """Where volumes are written and where new acquisitions land.
 
     Assets write their arrays here themselves (never through a pickling IO manager) and record
-    the path in their metadata; one folder per asset and region.
+    the path in their metadata; one folder per asset and region. ``root`` is a local path (the
+    embedded default) or ``s3://bucket/prefix`` (Kubernetes): :meth:`asset_url` works for both.
     """
 
     root: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "storage"),
-        description="Storage root for asset data (a local path on a laptop).",
+        description="Storage root for asset data: a local path on a laptop, or "
+        "s3://bucket/prefix in the cloud (endpoint/region/credentials from the environment).",
     )
     landing_zone: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "landing"),
@@ -35,11 +40,29 @@ class StorageResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         "complete once its region.yaml exists.",
     )
 
+    @property
+    def is_remote(self) -> bool:
+        """Whether the root is an object store (no rename: see fib_assets.core.storage)."""
+        return object_storage.is_remote(self.root)
+
+    def asset_url(self, asset: str, region: str) -> str:
+        """``<root>/<asset>/<region>`` as a location string for local and ``s3://`` roots alike
+        (created locally); the region key is validated before it touches a path or a key."""
+        location = object_storage.join(self.root, asset, validate_region_key(region))
+        if not object_storage.is_remote(location):
+            Path(location).mkdir(parents=True, exist_ok=True)
+        return location
+
     def asset_dir(self, asset: str, region: str) -> Path:
-        """``<root>/<asset>/<region>``; the region key is validated before it touches a path."""
-        path = Path(self.root) / asset / validate_region_key(region)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """``<root>/<asset>/<region>`` as a local directory (created); the region key is
+        validated before it touches a path. Local roots only: use :meth:`asset_url` for code
+        that must also run against an ``s3://`` root."""
+        if self.is_remote:
+            raise object_storage.StorageError(
+                f"{self.root}: asset_dir() is for local roots; use asset_url() with "
+                "fib_assets.core.storage for an object-store root"
+            )
+        return Path(self.asset_url(asset, region))
 
     def region_source(self, region: str) -> Path:
         return Path(self.landing_zone) / validate_region_key(region)

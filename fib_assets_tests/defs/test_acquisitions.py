@@ -16,8 +16,8 @@ from fib_assets.core.acquisition.region import source_files
 from fib_assets.definitions import defs
 from fib_assets.defs.acquisitions.sensors import landing_zone_sensor
 from fib_assets.defs.partitions import regions
-from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 from fib_assets.status import collect_status
+from fib_assets_tests.conftest import code_location_resources
 
 
 @pytest.fixture()
@@ -30,10 +30,7 @@ def landing(tmp_path, tiny_sample) -> Path:
 
 @pytest.fixture()
 def resources(tmp_path, landing):
-    return {
-        "storage": StorageResource(root=str(tmp_path / "storage"), landing_zone=str(landing)),
-        "qc_thresholds": QCThresholdsResource(),
-    }
+    return code_location_resources(tmp_path, landing)
 
 
 def _assets():
@@ -103,7 +100,9 @@ def test_clean_region_end_to_end(landing, resources, tmp_path):
         rows = {(r.asset, r.partition): r for r in collect_status(defs, instance)}
         assert rows[("raw_volume", "r001")].materialized
         assert rows[("raw_volume", "r001")].uri == path
-        assert {c.status for c in rows[("raw_acquisition", "r001")].checks} == {"SUCCEEDED"}
+        acq = {c.name: c.status for c in rows[("raw_acquisition", "r001")].checks}
+        assert acq["slice_continuity"] == acq["source_files_readable"] == "SUCCEEDED"
+        assert acq["source_fixity"] == "not run"  # scheduled weekly, not part of this run
 
         # rematerializing reuses the content-addressed container and keeps the data version
         again = _materialize(instance, "r001", resources)
@@ -130,7 +129,7 @@ def test_blocking_check_stops_downstream_of_a_broken_region(resources):
         rows = {(r.asset, r.partition): r for r in collect_status(defs, instance)}
         assert not rows[("raw_volume", "r002")].materialized
         acq = {c.name: c.status for c in rows[("raw_acquisition", "r002")].checks}
-        assert acq == {"slice_continuity": "FAILED", "source_files_readable": "FAILED"}
+        assert acq["slice_continuity"] == acq["source_files_readable"] == "FAILED"
         assert {c.status for c in rows[("raw_volume", "r002")].checks} <= {"SKIPPED", "not run"}
         # the clean region's checks are not mixed into the broken one's (per-partition checks)
         assert rows[("raw_acquisition", "r001")].checks[0].status == "not run"

@@ -15,7 +15,7 @@ import zarr
 
 from fib_assets.definitions import defs
 from fib_assets.defs.partitions import regions
-from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+from fib_assets_tests.conftest import code_location_resources
 
 FORMATS = ["tiff", "hdf5", "zarr", "parquet", "n5"]
 
@@ -24,10 +24,7 @@ FORMATS = ["tiff", "hdf5", "zarr", "parquet", "n5"]
 def resources(tmp_path, tiny_sample):
     landing = tmp_path / "landing"
     shutil.copytree(tiny_sample / "landing", landing)
-    return {
-        "storage": StorageResource(root=str(tmp_path / "storage"), landing_zone=str(landing)),
-        "qc_thresholds": QCThresholdsResource(),
-    }
+    return code_location_resources(tmp_path, landing)
 
 
 def _assets():

@@ -10,7 +10,7 @@ import dagster as dg
 from fib_assets.definitions import defs
 from fib_assets.defs.jobs import nightly_region_backfill
 from fib_assets.defs.partitions import regions
-from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+from fib_assets_tests.conftest import code_location_resources
 
 
 def test_each_family_has_a_job():
@@ -25,10 +25,7 @@ def test_nightly_schedule_requests_new_regions_and_leaves_failed_ones(tmp_path, 
     assert nightly_region_backfill.default_status == dg.DefaultScheduleStatus.RUNNING
     landing = tmp_path / "landing"
     shutil.copytree(tiny_sample / "landing", landing)
-    resources = {
-        "storage": StorageResource(root=str(tmp_path / "s"), landing_zone=str(landing)),
-        "qc_thresholds": QCThresholdsResource(),
-    }
+    resources = code_location_resources(tmp_path, landing)
     repo = defs.get_repository_def()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(regions.name, ["r001", "r002"])

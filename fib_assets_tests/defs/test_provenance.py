@@ -14,14 +14,14 @@ import dagster as dg
 import pytest
 from rocrate.rocrate import ROCrate
 
-from fib_assets.audit import audit_command, run_audit
+from fib_assets.audit import audit_command, deposit_command, run_audit
 from fib_assets.core.acquisition.region import source_files
 from fib_assets.core.provenance.audit import CHECK_NOT_RUN
 from fib_assets.core.provenance.bag import read_external_manifest
 from fib_assets.core.provenance.crate import PROCESS_RUN_CRATE
 from fib_assets.core.provenance.fixity import sha256_file
 from fib_assets.definitions import defs as base_defs
-from fib_assets.defs import provenance
+from fib_assets.defs.ground_truth.resources import AnnotationsResource
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.provenance.resources import FigshareResource
 from fib_assets.defs.provenance.schedules import fixity_schedules
@@ -29,12 +29,7 @@ from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 from fib_assets_tests.core.provenance.fake_figshare import FakeFigshare
 
 TOKEN = "figshare-test-token-7c1e0d5a"
-# what fib_assets/definitions.py will hold once the family is wired
-DEFS = dg.Definitions.merge(
-    base_defs,
-    provenance.defs,
-    dg.Definitions(resources={"figshare": FigshareResource(token=dg.EnvVar("FIGSHARE_TOKEN"))}),
-)
+DEFS = base_defs  # the code location, provenance family wired
 ASSETS = [a for a in DEFS.assets or [] if isinstance(a, dg.AssetsDefinition)]
 
 
@@ -42,6 +37,7 @@ def _resources(root: Path, landing: Path, api_url: str = "http://127.0.0.1:9/v2"
     return {
         "storage": StorageResource(root=str(root / "storage"), landing_zone=str(landing)),
         "qc_thresholds": QCThresholdsResource(),
+        "annotations": AnnotationsResource(inbox=str(root / "annotations")),
         "figshare": FigshareResource(
             token=TOKEN, api_url=api_url, max_attempts=2, backoff_seconds=0.0, timeout_seconds=10
         ),
@@ -217,6 +213,20 @@ def test_flagged_selection_is_refused_unless_overridden(shared):
     assert "broken acquisition" in mat.metadata["audit_override"].value["reason"]
     bag = bagit.Bag(str(mat.metadata["dagster/uri"].value))
     assert "broken acquisition" in bag.info["FIB-Assets-Audit-Override"]
+
+
+def test_deposit_command_reports_what_it_did(shared):
+    inst, res, _ = shared
+    lines: list[str] = []
+    code = deposit_command(
+        DEFS, inst, assets=["raw_acquisition"], regions=["r001"], resources=res, echo=lines.append
+    )
+    assert code == 0 and lines[0].startswith("deposit_package: ") and "/bag" in lines[0]
+    lines.clear()
+    code = deposit_command(
+        DEFS, inst, assets=["raw_acquisition"], regions=["r002"], resources=res, echo=lines.append
+    )
+    assert code == 1 and "error in deposit_package" in lines[-1] and "check_failed" in lines[-1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ block reads its (z, y, x) tile straight out of each slice file's memory map.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,9 +29,9 @@ import zarr
 from tqdm import tqdm
 
 import fib_assets.core.qc as qc
+from fib_assets.core import storage
 from fib_assets.core.acquisition.region import RegionError, RegionInventory
 from fib_assets.core.blockwise import (
-    BlockLedger,
     atomic_write_json,
     fingerprint,
     run_blocks,
@@ -293,44 +294,50 @@ class RawVolumeResult:
     reused: bool
 
 
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def execute_raw_volume(
-    plan: RawVolumePlan, out_dir: Path, *, progress: bool = False
+    plan: RawVolumePlan, out_dir: str | Path, *, progress: bool = False
 ) -> RawVolumeResult:
     """Write (or reuse) ``out_dir/<plan.output_name>``; resumable, atomic on completion.
 
-    Work happens in ``out_dir/.staging-<fingerprint>``; blocks leave done markers under
-    ``out_dir/.blocks``; the finished container is renamed into place, so an earlier
-    materialization is never touched and a half-written one is never visible.
-    """
-    out_dir = Path(out_dir)
-    final = out_dir / plan.output_name
-    summary_path = out_dir / ".blocks" / plan.fingerprint[:16] / "summary.json"
-    stats_path = out_dir / ".blocks" / plan.fingerprint[:16] / "qc_stats.parquet"
-    shifts_path = out_dir / ".blocks" / plan.fingerprint[:16] / "qc_shifts.parquet"
-    if final.exists() and summary_path.exists():
-        import json
+    ``out_dir`` is a local directory or an ``s3://bucket/prefix`` URL (one code path through
+    :mod:`fib_assets.core.storage`). Blocks leave done markers under ``out_dir/.blocks``
+    (files locally, objects on S3, so a replaced pod resumes); the QC tables and the summary
+    are kept there too. Publishing differs by backend only:
 
-        s = json.loads(summary_path.read_text())
+    - local disk: work happens in ``out_dir/.staging-<fingerprint>``; the finished container
+      is renamed into place, so an earlier materialization is never touched and a half-written
+      one is never visible;
+    - S3 (no rename): the container is written under its final, content-addressed key and its
+      completion marker ``<name>.complete.json`` is written last; a container without the
+      marker counts as absent, is never reused, and is rebuilt (resuming its done blocks).
+    """
+    out = storage.normalize(out_dir)
+    remote = storage.is_remote(out)
+    final = storage.join(out, plan.output_name)
+    blocks_dir = storage.join(out, ".blocks")
+    book = storage.join(blocks_dir, plan.fingerprint[:16])
+    summary_path = storage.join(book, "summary.json")
+    stats_path = storage.join(book, "qc_stats.parquet")
+    shifts_path = storage.join(book, "qc_shifts.parquet")
+    if storage.is_complete(final) and storage.exists(summary_path):
+        s = storage.read_json(summary_path)
         return RawVolumeResult(
-            str(final), plan, s["checksum"], s["block_checksums"], s["low"], s["high"],
-            pd.read_parquet(stats_path), pd.read_parquet(shifts_path), _dir_bytes(final), True,
+            final, plan, s["checksum"], s["block_checksums"], s["low"], s["high"],
+            _read_parquet(stats_path), _read_parquet(shifts_path),
+            storage.tree_size(final)[0], True,
         )  # fmt: skip
 
-    staging = out_dir / f".staging-{plan.fingerprint[:16]}.ome.zarr"
-    ledger = BlockLedger(out_dir / ".blocks", plan.fingerprint)
+    # S3 has no rename: the final key is the staging area, absent to readers until its marker
+    staging = final if remote else storage.join(out, f".staging-{plan.fingerprint[:16]}.ome.zarr")
+    ledger = storage.block_ledger(blocks_dir, plan.fingerprint)
     surveyed = survey(plan, progress=progress)
     created_marker = "created"
-    if not ledger.is_done(created_marker) or not staging.exists():
-        if staging.exists():
-            shutil.rmtree(staging)
+    if not ledger.is_done(created_marker) or not storage.exists(storage.join(staging, "zarr.json")):
+        storage.retract(final)
+        storage.remove(staging)
         # a new staging container invalidates every block marker of this plan
-        if ledger.directory.exists():
-            shutil.rmtree(ledger.directory)
-        root = zarr.open_group(str(staging), mode="w", zarr_format=3)
+        storage.clear_ledger(ledger)
+        root = zarr.open_group(storage.zarr_store(staging), mode="w", zarr_format=3)
         root.attrs.update(
             {
                 "ome": {"version": "0.5"},
@@ -358,7 +365,7 @@ def execute_raw_volume(
         )  # fmt: skip
         ledger.mark_done(created_marker, {})
 
-    root = zarr.open_group(str(staging), mode="r+")
+    root = zarr.open_group(storage.zarr_store(staging), mode="r+")
     reader = SliceReader(plan)
     raw_levels = [_array(root, f"raw/s{i}") for i in range(len(plan.level_shapes))]
     u8_levels = [_array(root, f"uint8/s{i}") for i in range(len(plan.level_shapes))]
@@ -401,30 +408,42 @@ def execute_raw_volume(
         run_plan(
             level_plan,
             write_level,
-            BlockLedger(out_dir / ".blocks", plan.fingerprint, prefix=f"s{level}-"),
+            storage.block_ledger(blocks_dir, plan.fingerprint, prefix=f"s{level}-"),
             progress=progress,
             desc=f"{plan.region}: s{level}",
         )
 
     block_checksums = {bid: info["sha256_raw"] for bid, info in sorted(s0.items())}
     checksum = fingerprint(block_checksums)
-    stats_path.parent.mkdir(parents=True, exist_ok=True)
-    surveyed.stats.to_parquet(stats_path)
-    surveyed.shifts.to_parquet(shifts_path)
-    os_replace_dir(staging, final)
-    atomic_write_json(
-        summary_path,
-        {
-            "checksum": checksum,
-            "block_checksums": block_checksums,
-            "low": surveyed.low,
-            "high": surveyed.high,
-        },
-    )
+    summary = {
+        "checksum": checksum,
+        "block_checksums": block_checksums,
+        "low": surveyed.low,
+        "high": surveyed.high,
+    }
+    _write_parquet(stats_path, surveyed.stats)
+    _write_parquet(shifts_path, surveyed.shifts)
+    if remote:
+        # every object is written and verified: the summary, then the marker LAST publishes it
+        storage.write_json(summary_path, summary)
+        storage.mark_complete(final, {"checksum": checksum, "plan_fingerprint": plan.fingerprint})
+    else:
+        os_replace_dir(Path(staging), Path(final))
+        atomic_write_json(Path(summary_path), summary)
     return RawVolumeResult(
-        str(final), plan, checksum, block_checksums, surveyed.low, surveyed.high,
-        surveyed.stats, surveyed.shifts, _dir_bytes(final), False,
+        final, plan, checksum, block_checksums, surveyed.low, surveyed.high,
+        surveyed.stats, surveyed.shifts, storage.tree_size(final)[0], False,
     )  # fmt: skip
+
+
+def _write_parquet(location: str, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf)
+    storage.write_bytes(location, buf.getvalue())
+
+
+def _read_parquet(location: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(location)))
 
 
 def _array(root: zarr.Group, path: str) -> zarr.Array[Any]:

@@ -26,10 +26,11 @@ single label). A label group without ``maxId``, without ``data/s0``, with a non-
 non-integer ``s0`` is refused with :class:`PainteraError` naming the container, the group and
 the problem.
 
-Writers are blockwise (peak memory: one block of ``block_factor``³ chunks and, for lower levels,
-the 2x larger window below it) and atomic: a container is built beside ``out`` and renamed into
-place when complete. Not written: ``unique-labels`` / ``label-to-block-mapping`` lookups (Paintera
-then scans blocks itself when it builds meshes) and ``fragment-segment-assignment`` (empty).
+Writers are blockwise (peak memory: a block of 2³ chunks at s0; at lower levels one chunk and
+the 2x larger window below it, never the volume) and atomic: a container is built beside
+``out`` and renamed into place when complete. Not written: the ``unique-labels`` and
+``label-to-block-mapping`` lookups (Paintera then scans blocks itself when it builds meshes)
+and ``fragment-segment-assignment`` (no agglomeration).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import lzma
 import os
 import shutil
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -111,7 +113,9 @@ class _Writer(Protocol):
 
 
 def _chunk_grid(roi: Roi, chunks: Sequence[int]) -> Iterator[tuple[int, int, int]]:
-    ranges = [range(o // c, -(-e // c)) for o, e, c in zip(roi.offset, roi.end, chunks, strict=True)]
+    ranges = [
+        range(o // c, -(-e // c)) for o, e, c in zip(roi.offset, roi.end, chunks, strict=True)
+    ]
     for idx in itertools.product(*ranges):
         yield (idx[0], idx[1], idx[2])
 
@@ -280,7 +284,9 @@ def decode_label_multisets(
         for i, off in enumerate(offsets.tolist()):
             if off not in cache:
                 (count,) = struct.unpack_from("<i", lists, off)
-                entries = np.frombuffer(lists, dtype=[("id", "<i8"), ("n", "<i4")], count=count, offset=off + 4)
+                entries = np.frombuffer(
+                    lists, dtype=[("id", "<i8"), ("n", "<i4")], count=count, offset=off + 4
+                )
                 if count < 1:
                     raise FormatError(f"{where}: empty label multiset at voxel {i}")
                 cache[off] = int(np.uint64(entries["id"][int(np.argmax(entries["n"]))]))
@@ -304,7 +310,8 @@ class _ZarrArray:
 
     @property
     def dtype(self) -> np.dtype[Any]:
-        return np.dtype(self._array.dtype)
+        dtype: np.dtype[Any] = np.dtype(self._array.dtype)
+        return dtype
 
     def read(self, roi: Roi) -> Array:
         return np.asarray(self._array[roi.to_slices()])
@@ -327,6 +334,9 @@ class _Backend:
         raise NotImplementedError
 
     def is_array(self, node: str) -> bool:
+        raise NotImplementedError
+
+    def ndim(self, node: str) -> int:
         raise NotImplementedError
 
     def open_array(self, node: str) -> LabelArray:
@@ -375,7 +385,9 @@ class _N5Backend(_Backend):
         return value if isinstance(value, dict) else {}
 
     def set_attrs(self, node: str, attrs: dict[str, Any]) -> None:
-        atomic_write_json(self._dir(node) / "attributes.json", {**(self.attrs(node) or {}), **attrs})
+        atomic_write_json(
+            self._dir(node) / "attributes.json", {**(self.attrs(node) or {}), **attrs}
+        )
 
     def children(self, node: str) -> list[str]:
         d = self._dir(node)
@@ -385,6 +397,9 @@ class _N5Backend(_Backend):
 
     def is_array(self, node: str) -> bool:
         return "dimensions" in (self.attrs(node) or {})
+
+    def ndim(self, node: str) -> int:
+        return len((self.attrs(node) or {}).get("dimensions", []))
 
     def open_array(self, node: str) -> LabelArray:
         attrs = self.attrs(node) or {}
@@ -472,12 +487,18 @@ class _ZarrBackend(_Backend):
         n = self._node(node)
         if n is None or not isinstance(n, zarr.Group):
             return []
-        return sorted(n.keys())
+        with warnings.catch_warnings():
+            # stray files (e.g. a curator's annotation.yaml sidecar) are not Zarr nodes
+            warnings.filterwarnings("ignore", message="Object at .* is not recognized")
+            return sorted(n.keys())
 
     def is_array(self, node: str) -> bool:
         import zarr
 
         return isinstance(self._node(node), zarr.Array)
+
+    def ndim(self, node: str) -> int:
+        return len(self._node(node).shape)
 
     def open_array(self, node: str) -> LabelArray:
         return _ZarrArray(self._node(node))
@@ -593,11 +614,15 @@ class PainteraLabelGroup:
             raise PainteraError(container, "label group has no multiscale 'data' group", group)
         max_id = attrs.get("maxId", data_attrs.get("maxId"))
         if max_id is None:
-            raise PainteraError(container, "label group lacks the required attribute 'maxId'", group)
+            raise PainteraError(
+                container, "label group lacks the required attribute 'maxId'", group
+            )
         if isinstance(max_id, bool) or not isinstance(max_id, int) or max_id < 0:
-            raise PainteraError(container, f"maxId must be a non-negative integer: {max_id!r}", group)
+            raise PainteraError(
+                container, f"maxId must be a non-negative integer: {max_id!r}", group
+            )
         self.max_id = int(max_id)
-        levels = []
+        levels: list[str] = []
         while backend.is_array(f"{group}/data/s{len(levels)}"):
             levels.append(f"{group}/data/s{len(levels)}")
         if not levels:
@@ -607,14 +632,12 @@ class PainteraLabelGroup:
         self.is_label_multiset = bool(
             s0_attrs.get("isLabelMultiset", data_attrs.get("isLabelMultiset", False))
         )
-        ndim = len(s0_attrs["dimensions"]) if "dimensions" in s0_attrs else None
-        try:
-            self._s0 = backend.open_array(levels[0])
-            ndim = ndim if ndim is not None else len(self._s0.shape)
-        except (IndexError, ValueError) as err:  # zarr arrays that are not 3-D
-            raise PainteraError(container, f"data/s0 is not readable: {err}", group) from err
+        ndim = backend.ndim(levels[0])
         if ndim != 3:
-            raise PainteraError(container, f"wrong shape: data/s0 must be 3-D, it has {ndim} axes", group)
+            raise PainteraError(
+                container, f"wrong shape: data/s0 must be 3-D (z, y, x), it has {ndim} axes", group
+            )
+        self._s0 = backend.open_array(levels[0])
         dtype = self._s0.dtype
         if not self.is_label_multiset and dtype.kind != "u":
             raise PainteraError(
@@ -670,15 +693,17 @@ def open_label_group(container: str | Path, group: str | None = None) -> Painter
 # --- writing -----------------------------------------------------------------------------------
 
 
-def downsample_mode(block: Array, factor: int = 2) -> Array:
-    """Most frequent value of each ``factor``³ window of a (z, y, x) label block (ties: the
-    first value in window order). Windows at the far edges are padded by repeating the edge."""
-    pad = [(0, (-s) % factor) for s in block.shape]
+def downsample_mode(block: Array, factor: int | Sequence[int] = 2) -> Array:
+    """Most frequent value of each window of ``factor`` voxels per axis (an int or one per
+    axis, z, y, x) of a label block (ties: the first value in window order). Windows at the far
+    edges are padded by repeating the edge."""
+    f = (factor,) * 3 if isinstance(factor, int) else _triple3(factor, int)
+    pad = [(0, (-s) % k) for s, k in zip(block.shape, f, strict=True)]
     if any(p[1] for p in pad):
         block = np.pad(block, pad, mode="edge")
-    z, y, x = (s // factor for s in block.shape)
-    w = block.reshape(z, factor, y, factor, x, factor).transpose(0, 2, 4, 1, 3, 5)
-    w = w.reshape(z, y, x, factor**3)
+    z, y, x = (s // k for s, k in zip(block.shape, f, strict=True))
+    w = block.reshape(z, f[0], y, f[1], x, f[2]).transpose(0, 2, 4, 1, 3, 5)
+    w = w.reshape(z, y, x, f[0] * f[1] * f[2])
     counts = (w[..., :, None] == w[..., None, :]).sum(axis=-1)
     pick = np.argmax(counts, axis=-1)[..., None]
     out: Array = np.take_along_axis(w, pick, axis=-1)[..., 0]
@@ -707,12 +732,16 @@ def _write_pyramid(
         c = _triple3([min(a, b) for a, b in zip(chunks, lshape, strict=True)], int)
         extra: dict[str, Any] = {
             "downsamplingFactors": [f, f, f],
-            "pixelResolution": {"dimensions": _xyz(voxel_size.scaled((f, f, f)).as_tuple()), "unit": "nm"},
+            "pixelResolution": {
+                "dimensions": _xyz(voxel_size.scaled((f, f, f)).as_tuple()),
+                "unit": "nm",
+            },
         }
         if labels:
             extra["isLabelMultiset"] = False
         writer = backend.create_array(f"{node}/s{level}", lshape, c, dtype, extra)
-        block = _triple3([x * block_factor for x in c], int)
+        # lower levels read a 2x larger window below each block: keep those blocks one chunk
+        block = _triple3([x * (block_factor if level == 0 else 1) for x in c], int)
         for b in BlockPlan(lshape, block).blocks():
             roi = b.write_roi
             if level == 0:
@@ -725,9 +754,11 @@ def _write_pyramid(
             else:
                 below = arrays[-1]
                 if labels:
-                    lo = tuple(2 * o for o in roi.offset)
-                    hi = tuple(min(2 * e, s) for e, s in zip(roi.end, below.shape, strict=True))
-                    src = below.read(Roi(lo, tuple(h - l for h, l in zip(hi, lo, strict=True))))  # type: ignore[arg-type]
+                    lo = _triple3([2 * o for o in roi.offset], int)
+                    hi = [min(2 * e, s) for e, s in zip(roi.end, below.shape, strict=True)]
+                    src = below.read(
+                        Roi(lo, _triple3([h - a for h, a in zip(hi, lo, strict=True)], int))
+                    )
                     data = downsample_mode(src)[: roi.shape[0], : roi.shape[1], : roi.shape[2]]
                 else:
                     data = downsample_roi(below.read, below.shape, roi, slab=2 * c[0])
@@ -792,7 +823,8 @@ def _write_label_group(
 
 
 def _staging(out: Path) -> Path:
-    return out.with_name(f".{out.name}.partial-{os.getpid()}")
+    """Beside ``out`` (same file system: the final rename is atomic), with the same suffix."""
+    return out.with_name(f".{out.name}.partial-{os.getpid()}{out.suffix}")
 
 
 def _check_out(out: Path) -> None:
@@ -947,7 +979,9 @@ def export_paintera(
     full = Roi((0, 0, 0), info.shape)
     roi = roi or full
     if not full.contains(roi) or roi.size == 0:
-        raise ValueError(f"ROI {roi.to_dict()} is empty or outside the raw volume {list(info.shape)}")
+        raise ValueError(
+            f"ROI {roi.to_dict()} is empty or outside the raw volume {list(info.shape)}"
+        )
     raw_offset = getattr(raw, "offset_nm", (0.0, 0.0, 0.0))
     vox = info.voxel_size
     offset_nm = [o + r * v for o, r, v in zip(raw_offset, roi.offset, vox.as_tuple(), strict=True)]

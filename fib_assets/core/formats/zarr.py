@@ -31,7 +31,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +46,8 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import ZstdCodec
 
-from fib_assets.core.blockwise import BlockLedger, atomic_write_json
+from fib_assets.core import storage
+from fib_assets.core.blockwise import BlockLedger
 from fib_assets.core.formats.base import (
     CorruptChunkError,
     FormatError,
@@ -60,7 +60,6 @@ from fib_assets.core.formats.base import (
     plan_fingerprint,
     publish,
     staging_path,
-    tree_size,
 )
 from fib_assets.core.geometry import Block, BlockPlan, Roi, VoxelSize
 
@@ -188,8 +187,9 @@ def downsample_mean(block: np.ndarray, factor: int = 2) -> np.ndarray:
 
 
 def open_multiscale(path: str | Path, name: str) -> tuple[dict[str, Any], list[zarr.Array[Any]]]:
-    """Open image ``name`` of an OME-Zarr container: its ``ome`` metadata and levels s0..sN."""
-    root = zarr.open_group(str(path), mode="r")
+    """Open image ``name`` of an OME-Zarr container (local path or ``s3://`` URL): its ``ome``
+    metadata and levels s0..sN."""
+    root = zarr.open_group(storage.zarr_store(path, read_only=True), mode="r")
     group = root[name]
     if not isinstance(group, zarr.Group):
         raise ValueError(f"{path}: {name!r} is not a multiscale image group")
@@ -349,16 +349,17 @@ def plan_write(
     )
 
 
-def _array_spec(path: Path, level: _Level, dtype: str, compression_level: int) -> dict[str, Any]:
+def _array_spec(path: str, level: _Level, dtype: str, compression_level: int) -> dict[str, Any]:
     """tensorstore zarr3 spec of one level: sharded, zstd with frame checksums (so a flipped
     byte inside a chunk is an error, not silently different voxels), crc32c shard index.
 
     tensorstore's own fsync per shard is off: the writer fsyncs each block's shard files in
-    I/O threads while it verifies the block, before the block's done marker is written."""
+    I/O threads while it verifies the block, before the block's done marker is written. On an
+    object store (``path`` an ``s3://`` URL) a shard is durable once its PUT succeeded."""
     endian = {} if np.dtype(dtype).itemsize == 1 else {"configuration": {"endian": "little"}}
     return {
         "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": str(path)},
+        "kvstore": storage.tensorstore_kvstore(path),
         "context": {"file_io_sync": False},
         "metadata": {
             "shape": list(level.shape),
@@ -500,7 +501,7 @@ def _write_blocks(
     *,
     level: _Level,
     dtype: str,
-    array_dir: Path,
+    array_dir: str,
     io_pool: Executor,
     progress: bool,
     desc: str,
@@ -516,14 +517,16 @@ def _write_blocks(
     def finish(item: _InFlight) -> None:
         item.commit.result()
         roi = item.block.write_roi
-        shards = _shard_files(array_dir, roi, level.shards)
-        synced = [io_pool.submit(_fsync, p) for p in [*shards, *{p.parent for p in shards}]]
+        synced = []
+        if not storage.is_remote(array_dir):
+            shards = _shard_files(Path(array_dir), roi, level.shards)
+            synced = [io_pool.submit(_fsync, p) for p in [*shards, *{p.parent for p in shards}]]
         back = store[roi.to_slices()].read().result()
         for s in synced:
             s.result()
         if not np.array_equal(back, item.data):
             first = tuple(o // c for o, c in zip(roi.offset, level.chunks, strict=True))
-            raise CorruptChunkError(str(array_dir), first, "block read back after writing differs")
+            raise CorruptChunkError(array_dir, first, "block read back after writing differs")
         info = {"sha256": item.sha256}
         ledger.mark_done(item.block.block_id, info)
         results[item.block.block_id] = {"block_id": item.block.block_id, **info}
@@ -564,29 +567,36 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     """
     t0 = time.perf_counter()
     _check_source(plan, source)
-    final, staging = Path(plan.path), staging_path(plan)
+    final = storage.normalize(plan.path)
+    remote = storage.is_remote(final)
+    # S3 has no rename: the variant is built under its final key and published by its
+    # completion marker (written last); locally it is built beside and renamed into place
+    staging = final if remote else str(staging_path(plan))
     fp = plan_fingerprint(plan)
     levels = _levels(plan)
-    ledgers = [BlockLedger(ledger_dir(plan), fp, prefix=f"{lv.path}-") for lv in levels]
-    if not staging.exists():
-        # markers without their staging directory (removed by hand) describe nothing on disk
-        shutil.rmtree(ledgers[0].directory, ignore_errors=True)
-        staging.mkdir(parents=True)
+    blocks_dir = _ledger_location(plan)
+    ledgers = [storage.block_ledger(blocks_dir, fp, prefix=f"{lv.path}-") for lv in levels]
+    group_json = storage.join(staging, "zarr.json")
+    storage.retract(final)  # a rewrite in place is never visible as complete
+    if not storage.exists(group_json):
+        # markers without their staging container (removed by hand) describe nothing stored
+        storage.clear_ledger(ledgers[0])
+        if not remote:
+            Path(staging).mkdir(parents=True, exist_ok=True)
     dtype = plan.source.dtype
-    name = final.name.removesuffix(SUFFIX)
+    name = storage.name(final).removesuffix(SUFFIX)
     ome = multiscales_metadata(
         name, n_levels=len(levels), voxel_size=plan.source.voxel_size, channel_axis=False
     )
     ours: dict[str, Any] = {"format_version": 1, "plan_fingerprint": fp, "complete": False}
-    atomic_write_json(staging / "zarr.json", _group_json({"ome": ome, "fib_assets": ours}))
+    storage.write_json(group_json, _group_json({"ome": ome, "fib_assets": ours}))
 
     checksums: dict[str, str] = {}
     previous: tuple[_Level, Any] | None = None
     with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as io_pool:
         for level, ledger in zip(levels, ledgers, strict=True):
-            spec = _array_spec(
-                staging / level.path, level, dtype, plan.options["compression_level"]
-            )
+            array_dir = storage.join(staging, level.path)
+            spec = _array_spec(array_dir, level, dtype, plan.options["compression_level"])
             store = ts.open(spec, create=True, open=True).result()
             read = source.read if previous is None else _downsampling_reader(*previous)
             done = _write_blocks(
@@ -596,7 +606,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 ledger,
                 level=level,
                 dtype=dtype,
-                array_dir=staging / level.path,
+                array_dir=array_dir,
                 io_pool=io_pool,
                 progress=progress,
                 desc=f"{name} {level.path}",
@@ -609,10 +619,13 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
 
     written = {}
     for level in levels:
-        n = sum(1 for p in (staging / level.path / "c").rglob("*") if p.is_file())
+        shard_dir = storage.join(staging, level.path, "c")
+        n = len(storage.list_files(shard_dir)) if storage.exists(shard_dir) else 0
         expected = math.prod(level.shard_grid)
         if n != expected:
-            raise FormatError(f"{staging / level.path}: {n} shard files, expected {expected}")
+            raise FormatError(
+                f"{storage.join(staging, level.path)}: {n} shard files, expected {expected}"
+            )
         written[level.path] = n
     ours.update(
         complete=True,
@@ -629,14 +642,18 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
         ],
         block_shape=list(plan.block_shape),
     )
-    atomic_write_json(staging / "zarr.json", _group_json({"ome": ome, "fib_assets": ours}))
-    publish(staging, final)
-    shutil.rmtree(ledgers[0].directory, ignore_errors=True)
-    with suppress(OSError):
-        ledger_dir(plan).rmdir()
-    nbytes, nfiles = tree_size(final)
+    storage.write_json(group_json, _group_json({"ome": ome, "fib_assets": ours}))
+    if remote:
+        storage.mark_complete(final, {"plan_fingerprint": fp, "written_shards": written})
+    else:
+        publish(Path(staging), Path(final))
+    storage.clear_ledger(ledgers[0])
+    if not remote:
+        with suppress(OSError):
+            Path(blocks_dir).rmdir()
+    nbytes, nfiles = storage.tree_size(final)
     return WriteResult(
-        path=str(final),
+        path=final,
         plan=plan,
         bytes_on_disk=nbytes,
         file_count=nfiles,
@@ -644,6 +661,14 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
         block_checksums=checksums,
         library_versions=_library_versions(),
     )
+
+
+def _ledger_location(plan: WritePlan) -> str:
+    """Where the block markers of a write live: ``base.ledger_dir`` beside the variant (a
+    local directory, or a prefix of objects on S3)."""
+    if not storage.is_remote(plan.path):
+        return str(ledger_dir(plan))
+    return storage.join(storage.parent(plan.path), f".{storage.name(plan.path)}.blocks")
 
 
 def _chunk_indices(roi: Roi, chunks: Sequence[int]) -> Iterator[tuple[int, int, int]]:
@@ -690,12 +715,15 @@ class OmeZarrVolume:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self._path = str(path)
-        root = Path(path)
-        if not root.exists():
-            raise FileNotFoundError(f"{self._path}: no such OME-Zarr container")
+        self._path = storage.normalize(path)
+        if not storage.is_complete(self._path):
+            why = " (no completion marker: absent or still being written)"
+            raise FileNotFoundError(
+                f"{self._path}: no such OME-Zarr container"
+                + (why if storage.is_remote(self._path) else "")
+            )
         try:
-            group = json.loads((root / "zarr.json").read_text())
+            group = json.loads(storage.read_bytes(storage.join(self._path, "zarr.json")))
         except (OSError, ValueError) as err:
             raise FormatError(f"{self._path}: no readable Zarr v3 group metadata: {err}") from err
         attrs = group.get("attributes", {}) if isinstance(group, dict) else {}
@@ -703,17 +731,17 @@ class OmeZarrVolume:
             dataset_path, nm = _first_level(attrs)
         except (KeyError, IndexError, TypeError, ValueError, StopIteration) as err:
             raise FormatError(f"{self._path}: bad OME-NGFF metadata: {err!r}") from err
-        self._array_path = root / dataset_path
+        self._array_path = storage.join(self._path, dataset_path)
         written = attrs.get("fib_assets", {}).get("written_shards", {})
         strict = isinstance(written, dict) and dataset_path in written
         spec = {
             "driver": "zarr3",
-            "kvstore": {"driver": "file", "path": str(self._array_path)},
+            "kvstore": storage.tensorstore_kvstore(self._array_path),
             "fill_missing_data_reads": not strict,
         }
         try:
             self._store: Any = ts.open(spec, read=True).result()
-            array_meta = json.loads((self._array_path / "zarr.json").read_text())
+            array_meta = json.loads(storage.read_bytes(storage.join(self._array_path, "zarr.json")))
         except (OSError, ValueError) as err:
             raise FormatError(f"{self._path}: cannot open array {dataset_path}: {err}") from err
         if self._store.rank != 3:
@@ -745,7 +773,7 @@ class OmeZarrVolume:
     def _shard_file(self, chunk: Sequence[int]) -> str:
         shard = [i * c // s for i, c, s in zip(chunk, self._chunks, self._shards, strict=True)]
         key = self._key_prefix + self._key_sep.join(str(i) for i in shard)
-        return str(self._array_path / key)
+        return storage.join(self._array_path, *key.split("/"))
 
     def read(self, roi: Roi) -> np.ndarray:
         """Voxels of ``roi`` (z, y, x); decodes only the chunks it touches."""
@@ -773,7 +801,7 @@ class OmeZarrVolume:
             except ValueError as chunk_err:
                 return CorruptChunkError(self._shard_file(chunk), chunk, str(chunk_err))
         first = next(_chunk_indices(roi, self._chunks))
-        return CorruptChunkError(str(self._array_path), first, str(err))
+        return CorruptChunkError(self._array_path, first, str(err))
 
     def close(self) -> None:
         self._closed = True

@@ -248,9 +248,13 @@ def _link_flags(link: Link) -> list[Flag]:
                 ]
                 detail = "; ".join(changed)
             else:
+                now = ", ".join(
+                    f"{link_id(up.asset, k or None)}={_short(up.current_versions[k])}"
+                    for k in up.partition_keys()
+                )
                 detail = (
-                    f"recorded input version {_short(up.used_version)} differs from the current "
-                    f"data version(s) of {', '.join(up.link_ids())}"
+                    f"the input version it recorded ({_short(up.used_version)}) is not that of "
+                    f"the current {now}"
                 )
             flags.append(Flag("stale", lid, f"{lid} was built from older data: {detail}"))
         if link.timestamp is not None:
@@ -568,7 +572,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222}
 h1{font-size:20px}h2{font-size:16px;margin-top:28px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
-td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}
+td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top;
+max-width:420px;overflow-wrap:anywhere}
 th{background:#f3f3f3}.ok{color:#2e7d32}.bad{color:#c0392b}
 .lineage{overflow-x:auto;border:1px solid #ddd;padding:8px}
 code{font-size:12px}

@@ -16,7 +16,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +313,3 @@ def zip_bag(path: Path, out: Path) -> Path:
                 shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(tmp, out)
     return out
-
-
-def plan_summary(plan: PayloadPlan, externals: Sequence[ExternalLocation]) -> dict[str, Any]:
-    return {**plan.to_dict(), "external": [asdict(e) for e in externals[:50]]}

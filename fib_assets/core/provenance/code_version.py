@@ -20,7 +20,7 @@ class CodeVersionError(TypeError):
 
 
 def _source(obj: object) -> str:
-    target = inspect.unwrap(obj) if callable(obj) else obj  # type: ignore[arg-type]
+    target = inspect.unwrap(obj) if callable(obj) else obj
     try:
         return inspect.getsource(target)  # type: ignore[arg-type]
     except (OSError, TypeError) as exc:

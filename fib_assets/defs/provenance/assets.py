@@ -46,7 +46,7 @@ OWNERS = ["team:curation"]
 AUDIT_CLEAN = "audit_clean"
 
 _THIS = sys.modules[__name__]
-CODE_AUDIT = code_version_of(core_audit, audit_module)
+CODE_AUDIT = code_version_of(core_audit, audit_module, _THIS)
 CODE_DEPOSIT = code_version_of(package, bag, crate, datacite, core_audit, audit_module, _THIS)
 CODE_DRAFT = code_version_of(figshare_client, bag, _THIS)
 
@@ -328,7 +328,7 @@ def deposit_package(
             "external_files": result.external_files,
             "crate_actions": len(result.crate.get("actions", [])),
             "audit_flags": len(report.flags),
-            "audit_override": dg.MetadataValue.json(override),
+            "audit_override": dg.MetadataValue.json(override or {}),
             "audit": dg.MetadataValue.md(_flags_markdown(report)),
             "datacite": dg.MetadataValue.json(dc.to_json()),
             "upstream": dg.MetadataValue.json(selected_upstream(context.instance, selection)),
@@ -341,7 +341,7 @@ def _who(context: dg.AssetExecutionContext) -> str:
     run = context.instance.get_run_by_id(context.run_id)
     user = (run.tags or {}).get("dagster/user") if run is not None else None
     if user:
-        return user
+        return str(user)
     try:
         return getpass.getuser()
     except (KeyError, OSError):

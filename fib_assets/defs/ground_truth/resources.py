@@ -1,0 +1,43 @@
+"""Where curators deliver annotations, and the thresholds of the ground-truth checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from fib_assets.core.geometry import validate_region_key
+from fib_assets.core.labels import COSEM_CLASS_MAP, ClassMap
+from fib_assets.defs.resources import default_data_dir
+
+
+class AnnotationsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The annotations inbox (layout in :mod:`fib_assets.core.labels`): one folder per region,
+    one Paintera (N5/Zarr), CellMap or TIFF submission per crop, each complete once its
+    ``annotation.yaml`` is written."""
+
+    inbox: str = Field(
+        default_factory=lambda: str(Path(default_data_dir()) / "annotations"),
+        description="Annotations inbox: <inbox>/<region>/<container>.n5|.zarr with an "
+        "annotation.yaml (annotator, minutes spent, crop, split) written last.",
+    )
+    min_annotated_fraction: float = Field(
+        default=0.9,
+        ge=0.0,
+        le=1.0,
+        description="Smallest fraction of annotated (non-zero) voxels per crop before the "
+        "annotated_fraction check warns (dense COSEM crops are fully annotated).",
+    )
+    class_map_file: str = Field(
+        default="",
+        description="YAML/JSON class map {classes: {id: name}, combined: {name: [ids]}}; "
+        "empty = the COSEM/CellMap classes.",
+    )
+
+    def class_map(self) -> ClassMap:
+        return ClassMap.from_file(self.class_map_file) if self.class_map_file else COSEM_CLASS_MAP
+
+    def region_inbox(self, region: str) -> Path:
+        """``<inbox>/<region>``; the region key is validated before it touches a path."""
+        return Path(self.inbox) / validate_region_key(region)
