@@ -1,18 +1,11 @@
 """The fib_assets code location: wires asset families, resources, jobs and the executor."""
 
-import warnings
-
 import dagster as dg
 
 from fib_assets.defs import acquisitions, benchmarks, formats, ground_truth, jobs, provenance
 from fib_assets.defs.ground_truth.resources import AnnotationsResource
 from fib_assets.defs.provenance.resources import FigshareResource
 from fib_assets.defs.resources import QCThresholdsResource, StorageResource
-
-# Partitioned asset checks (AssetCheckSpec(partitions_def=...)) are a 1.13 preview; we rely on
-# them so each region's checks show per partition. Pinned Dagster keeps the behaviour fixed.
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 FAMILIES = [acquisitions.defs, formats.defs, ground_truth.defs, benchmarks.defs, provenance.defs]
 

@@ -29,7 +29,8 @@ def graph_snapshot() -> dict:
             "owners": sorted(node.owners),
             "kinds": sorted(node.kinds),
             "partitions": type(node.partitions_def).__name__ if node.partitions_def else None,
-            "code_version": node.code_version,
+            # derived from source text (fib_assets.core.provenance.code_version): only presence
+            "has_code_version": bool(node.code_version),
             "checks": sorted(
                 f"{ck.name}{' (blocking)' if graph.get_check_spec(ck).blocking else ''}"
                 for ck in graph.asset_check_keys

@@ -108,7 +108,7 @@ def test_clean_lineage_has_no_flags(shared, capsys):
     assert rep.ok and rep.exit_code == 0, rep.flags
     assert [link.id for link in rep.links] == ["raw_volume[r001]", "raw_acquisition[r001]"]
     vol, acq = rep.links
-    assert vol.upstream[0].provenance_source == "dagster" and vol.upstream[0].matches_current()
+    assert vol.upstream[0].provenance_source == "fib_assets" and vol.upstream[0].matches_current()
     assert vol.code_version and vol.run_id and vol.timestamp and vol.data_version
     assert {c.name: c.status for c in vol.checks}["saturation"] == "SUCCEEDED"
     assert acq.fixity is not None and acq.fixity.ok and acq.fixity.n_files == 16

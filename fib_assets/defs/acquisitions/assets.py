@@ -3,10 +3,18 @@
 import dagster as dg
 import pandas as pd
 
+import fib_assets.core.acquisition.dat as dat_module
+import fib_assets.core.acquisition.region as region_module
+import fib_assets.core.acquisition.tiff_stack as tiff_stack_module
+import fib_assets.core.formats.zarr as zarr_module
+import fib_assets.core.provenance.fixity as fixity_module
+from fib_assets.audit import runtime_environment, upstream_provenance
 from fib_assets.core import qc
+from fib_assets.core.acquisition import assemble as assemble_module
 from fib_assets.core.acquisition.assemble import execute_raw_volume, plan_raw_volume
 from fib_assets.core.acquisition.region import inventory_region
 from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json
+from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.acquisitions import checks
 from fib_assets.defs.metadata import (
     acquisition_metadata,
@@ -25,7 +33,8 @@ GROUP = "acquisitions"
     group_name=GROUP,
     owners=OWNERS,
     kinds={"parquet", "python"},
-    code_version="1",
+    # changes whenever the code that reads and hashes the sources changes
+    code_version=code_version_of(region_module, dat_module, tiff_stack_module, fixity_module),
     check_specs=checks.RAW_ACQUISITION_CHECKS,
 )
 def raw_acquisition(
@@ -48,7 +57,10 @@ def raw_acquisition(
     context.log.info(f"{region}: {len(inv.files)} source files, {inv.total_bytes} bytes")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(inv.digest),
-        metadata=acquisition_metadata(inv, out, headers),
+        metadata={
+            **acquisition_metadata(inv, out, headers),
+            "environment": dg.MetadataValue.json(runtime_environment()),
+        },
         check_results=checks.raw_acquisition_results(inv),
     )
 
@@ -58,7 +70,7 @@ def raw_acquisition(
     group_name=GROUP,
     owners=OWNERS,
     kinds={"zarr", "python"},
-    code_version="1",
+    code_version=code_version_of(assemble_module, zarr_module, qc, dat_module, tiff_stack_module),
     deps=[raw_acquisition],
     check_specs=checks.RAW_VOLUME_CHECKS,
 )
@@ -95,6 +107,10 @@ def raw_volume(
     stats: pd.DataFrame = result.stats
     return dg.MaterializeResult(
         data_version=dg.DataVersion(result.checksum),
-        metadata=raw_volume_metadata(result),
+        metadata={
+            **raw_volume_metadata(result),
+            "upstream": dg.MetadataValue.json(upstream_provenance(context)),
+            "environment": dg.MetadataValue.json(runtime_environment()),
+        },
         check_results=checks.raw_volume_results(stats, result.shifts, thresholds),
     )

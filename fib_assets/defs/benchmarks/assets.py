@@ -8,10 +8,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from fib_assets.audit import runtime_environment
 from fib_assets.core import benchmark
 from fib_assets.core.blockwise import atomic_write_bytes
 from fib_assets.core.formats import format_module, open_volume
 from fib_assets.core.preview import markdown_image
+from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.formats.assets import VARIANTS, variant_path
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
@@ -38,7 +40,7 @@ class FormatBenchmarkConfig(dg.Config):
     group_name=GROUP,
     owners=OWNERS,
     kinds={"parquet", "pandas"},
-    code_version="1",
+    code_version=code_version_of(benchmark),
     deps=[
         dg.AssetDep(f"volume_{fmt}", partition_mapping=dg.AllPartitionMapping()) for fmt in VARIANTS
     ],
@@ -104,6 +106,7 @@ def format_benchmark(
             "cache": dg.MetadataValue.json(sorted(set(df["cache"]))),
             "summary_mib_per_s": dg.MetadataValue.md(md),
             "plot": dg.MetadataValue.md(markdown_image(png, "throughput per format")),
+            "environment": dg.MetadataValue.json(runtime_environment()),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -13,10 +13,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+import fib_assets.core.formats.canonical as canonical_module
+import fib_assets.core.formats.verify as verify_module
+from fib_assets.audit import runtime_environment, upstream_provenance
 from fib_assets.core.blockwise import atomic_write_json, fingerprint
 from fib_assets.core.formats import format_module
 from fib_assets.core.formats.canonical import CanonicalSource
 from fib_assets.core.formats.verify import verify_same_voxels
+from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.acquisitions.assets import raw_volume
 from fib_assets.defs.metadata import latest_materialization
 from fib_assets.defs.partitions import regions
@@ -67,6 +71,10 @@ def _versions(*packages: str) -> dict[str, str]:
     return out
 
 
+def module_of(fmt: str) -> object:
+    return format_module(fmt)
+
+
 def build_variant(fmt: str) -> dg.AssetsDefinition:
     kind, blurb = VARIANTS[fmt]
     name = f"volume_{fmt}"
@@ -77,7 +85,9 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
         group_name=GROUP,
         owners=OWNERS,
         kinds={kind},
-        code_version="1",
+        code_version=code_version_of(
+            module_of(fmt), verify_module, canonical_module, build_variant
+        ),
         deps=[raw_volume],
         description=f"The region's canonical volume (z, y, x), voxel size in nm, as {blurb} "
         "Written blockwise from raw_volume into a folder named by the source's data version; "
@@ -161,6 +171,8 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
                     {**written["library_versions"], **_versions("numpy", "fib_assets")}
                 ),
                 "plan": dg.MetadataValue.json(plan.to_dict()),
+                "upstream": dg.MetadataValue.json(upstream_provenance(context)),
+                "environment": dg.MetadataValue.json(runtime_environment()),
             },
             check_results=[check],
         )

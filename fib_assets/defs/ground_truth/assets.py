@@ -5,9 +5,11 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+import fib_assets.core.formats.paintera as paintera_module
 from fib_assets.core import labels
 from fib_assets.core.formats.paintera import OmeZarrImage
 from fib_assets.core.preview import markdown_image
+from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.ground_truth import checks
 from fib_assets.defs.ground_truth.resources import AnnotationsResource
 from fib_assets.defs.metadata import latest_materialization
@@ -24,7 +26,7 @@ RAW_VOLUME = dg.AssetKey("raw_volume")
     group_name=GROUP,
     owners=OWNERS,
     kinds={"zarr", "n5", "parquet"},
-    code_version="1",
+    code_version=code_version_of(labels, paintera_module),
     deps=[RAW_VOLUME],
     check_specs=checks.GROUND_TRUTH_CHECKS,
 )
