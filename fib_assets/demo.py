@@ -101,6 +101,37 @@ def register_regions(instance: dg.DagsterInstance, landing: Path) -> list[str]:
     return complete
 
 
+# assets the demo never runs by itself: uploading to the institutional repository is a curator's
+# decision (and needs FIGSHARE_TOKEN); the deposit package is built on request (fib-assets deposit)
+NOT_IN_DEMO = {"repository_draft", "deposit_package"}
+
+
+def _materialize(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    keys: list[dg.AssetKey],
+    partition: str | None,
+    tags: dict[str, str],
+) -> dg.ExecuteInProcessResult:
+    """Materialize exactly ``keys`` with only the resources they need (so a resource such as the
+    repository token is never resolved for runs that do not use it)."""
+    wanted = set(keys)
+    assets = [
+        a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition) and wanted & set(a.keys)
+    ]
+    needed = {r for a in assets for r in a.required_resource_keys}
+    return dg.materialize(
+        assets,
+        selection=dg.AssetSelection.assets(*keys),
+        partition_key=partition,
+        instance=instance,
+        resources={k: v for k, v in (defs.resources or {}).items() if k in needed},
+        raise_on_error=False,
+        tags=tags,
+        run_config=QUIET,
+    )
+
+
 def _region_outcome_from_instance(
     defs: dg.Definitions, instance: dg.DagsterInstance, region: str
 ) -> DemoRegionOutcome:
@@ -140,17 +171,7 @@ def materialize_region(
     )
     if previous:
         return _region_outcome_from_instance(defs, instance, region)
-    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
-    result = dg.materialize(
-        assets,
-        selection=dg.AssetSelection.assets(*keys),
-        partition_key=region,
-        instance=instance,
-        resources=dict(defs.resources or {}),
-        raise_on_error=False,
-        tags=tags,
-        run_config=QUIET,
-    )
+    result = _materialize(defs, instance, keys, region, tags)
     failed = [
         f"{ev.asset_key.to_user_string()}:{ev.check_name} ({ev.severity.value.lower()})"
         for ev in result.get_asset_check_evaluations()
@@ -165,21 +186,16 @@ def materialize_unpartitioned(defs: dg.Definitions, instance: dg.DagsterInstance
     """Materialize the cross-region assets (benchmark tables) that are not materialized yet;
     returns {asset: "ok" | "reused" | "FAILED"}."""
     graph = defs.resolve_asset_graph()
-    keys = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
-    assets = [a for a in defs.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    keys = [
+        k
+        for k in graph.materializable_asset_keys
+        if graph.get(k).partitions_def is None and k.to_user_string() not in NOT_IN_DEMO
+    ]
     out = {}
     for key in sorted(keys, key=lambda k: k.to_user_string()):
         if instance.fetch_materializations(key, limit=1).records:
             out[key.to_user_string()] = "reused"
             continue
-        result = dg.materialize(
-            assets,
-            selection=dg.AssetSelection.assets(key),
-            instance=instance,
-            resources=dict(defs.resources or {}),
-            raise_on_error=False,
-            tags={"fib_assets/demo": "1"},
-            run_config=QUIET,
-        )
+        result = _materialize(defs, instance, [key], None, {"fib_assets/demo": "1"})
         out[key.to_user_string()] = "ok" if result.success else "FAILED"
     return out

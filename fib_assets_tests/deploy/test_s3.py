@@ -51,8 +51,8 @@ class Uint8Level0:
         self._arr = levels[0]
         scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
         z, y, x = (int(s) for s in self._arr.shape)
-        chunks = tuple(int(c) for c in self._arr.chunks)
-        self._info = VolumeInfo((z, y, x), "uint8", VoxelSize(*scale), chunks)  # type: ignore[arg-type]
+        cz, cy, cx = (int(c) for c in self._arr.chunks)
+        self._info = VolumeInfo((z, y, x), "uint8", VoxelSize(*scale), (cz, cy, cx))
 
     @property
     def info(self) -> VolumeInfo:
@@ -189,3 +189,51 @@ def test_zarr_variant_on_s3_is_the_same_variant_as_on_disk(plan, s3_server, tmp_
     assert storage.exists(f"{target}/zarr.json")
     with pytest.raises(FileNotFoundError, match="completion marker"):
         zarr_format.open_volume(target)
+
+
+def test_locations_parse_and_configure_from_the_environment_only(monkeypatch):
+    assert storage.join("s3://Bkt/pre/", "a", "b/c") == "s3://Bkt/pre/a/b/c"
+    assert storage.parent("s3://bkt/pre/v.ome.zarr") == "s3://bkt/pre"
+    assert storage.name("s3://bkt/pre/v.ome.zarr/") == "v.ome.zarr"
+    assert storage.marker_url("s3://bkt/pre/v.ome.zarr") == "s3://bkt/pre/v.ome.zarr.complete.json"
+    assert storage.split_bucket("s3://bkt/pre/x") == ("bkt", "pre/x")
+    assert storage.join("/data/storage", "raw_volume", "r001") == "/data/storage/raw_volume/r001"
+    assert not storage.is_remote("file:///data") and storage.normalize("file:///data") == "/data"
+    with pytest.raises(storage.StorageError, match="bucket"):
+        storage.normalize("s3://")
+    with pytest.raises(storage.StorageError, match="unsupported storage scheme 'gs'"):
+        storage.is_remote("gs://bkt/x")
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    # on a pod with a service account: no endpoint, tensorstore's default credential chain
+    assert storage.tensorstore_kvstore("s3://bkt/pre/v.ome.zarr/s0") == {
+        "driver": "s3",
+        "bucket": "bkt",
+        "path": "pre/v.ome.zarr/s0/",
+    }
+    assert storage.storage_options("s3://bkt/x") == {"use_listings_cache": False}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    spec = storage.tensorstore_kvstore("s3://bkt/pre")
+    assert (spec["endpoint"], spec["aws_region"]) == ("http://127.0.0.1:9000", "eu-west-1")
+    assert storage.storage_options("s3://bkt/x")["client_kwargs"] == {
+        "endpoint_url": "http://127.0.0.1:9000",
+        "region_name": "eu-west-1",
+    }
+    assert storage.tensorstore_kvstore("/data/v/s0") == {"driver": "file", "path": "/data/v/s0"}
+
+
+def test_storage_resource_gives_urls_for_both_roots_and_paths_only_for_local(tmp_path):
+    local = StorageResource(root=str(tmp_path / "storage"), landing_zone=str(tmp_path))
+    assert local.asset_url("raw_volume", "r001") == str(local.asset_dir("raw_volume", "r001"))
+    assert (tmp_path / "storage" / "raw_volume" / "r001").is_dir()
+    remote = StorageResource(root="s3://fib-assets-data/storage", landing_zone=str(tmp_path))
+    assert remote.is_remote and not local.is_remote
+    assert (
+        remote.asset_url("volume_zarr", "r002") == "s3://fib-assets-data/storage/volume_zarr/r002"
+    )
+    with pytest.raises(storage.StorageError, match="asset_url"):
+        remote.asset_dir("raw_volume", "r001")
+    with pytest.raises(ValueError, match="region"):
+        remote.asset_url("raw_volume", "../etc")
