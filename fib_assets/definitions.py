@@ -3,9 +3,12 @@
 import dagster as dg
 
 from fib_assets.defs import acquisitions, benchmarks, formats, ground_truth, jobs, provenance
+from fib_assets.defs.deployment import deployment_profile, executor_for, resources_for
 from fib_assets.defs.ground_truth.resources import AnnotationsResource
 from fib_assets.defs.provenance.resources import FigshareResource
-from fib_assets.defs.resources import QCThresholdsResource, StorageResource
+
+# FIB_ASSETS_DEPLOYMENT=local (default: SQLite, disk, multiprocess) or k8s (pod per step, S3)
+PROFILE = deployment_profile()
 
 FAMILIES = [acquisitions.defs, formats.defs, ground_truth.defs, benchmarks.defs, provenance.defs]
 
@@ -22,9 +25,9 @@ defs = dg.Definitions(
         jobs.region_pipeline_job,
         *[j for f in FAMILIES for j in f.jobs or []],
     ],
+    executor=executor_for(PROFILE),
     resources={
-        "storage": StorageResource(),
-        "qc_thresholds": QCThresholdsResource(),
+        **resources_for(PROFILE),
         "annotations": AnnotationsResource(),
         # the token is read from the environment at run time, never stored or shown
         "figshare": FigshareResource(token=dg.EnvVar("FIGSHARE_TOKEN")),

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fib_assets.core.geometry import Roi, VoxelSize
+from fib_assets.core.geometry import Block, Roi, VoxelSize
 
 
 class FormatError(ValueError):
@@ -192,3 +192,51 @@ def tree_size(path: Path) -> tuple[int, int]:
         return path.stat().st_size, 1
     files = [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files), len(files)
+
+
+def check_source(plan: WritePlan, source: VolumeSource) -> None:
+    """Raise ValueError (naming the target) when ``source`` is not what ``plan`` was made for:
+    shape, dtype and voxel size must all match."""
+    got, want = source.info, plan.source
+    if (got.shape, np.dtype(got.dtype), got.voxel_size) != (
+        want.shape,
+        np.dtype(want.dtype),
+        want.voxel_size,
+    ):
+        raise ValueError(
+            f"{plan.path}: source is {got.shape} {got.dtype} {got.voxel_size}, but the plan "
+            f"was made for {want.shape} {want.dtype} {want.voxel_size}"
+        )
+
+
+def read_block(source: VolumeSource, block: Block, dtype: np.dtype[Any], path: str) -> np.ndarray:
+    """The block's voxels from ``source`` as a C-contiguous array of the stored dtype."""
+    data = np.asarray(source.read(block.write_roi))
+    if data.shape != block.write_roi.shape:
+        raise ValueError(
+            f"{path}: source returned shape {data.shape} for block {block.block_id} "
+            f"{block.write_roi.to_dict()}"
+        )
+    if not np.can_cast(data.dtype, dtype, "safe"):
+        raise ValueError(f"{path}: source block {block.block_id} is {data.dtype}, not {dtype}")
+    return np.ascontiguousarray(data, dtype=dtype)
+
+
+def sha256_array(data: np.ndarray) -> str:
+    """sha256 of an array's bytes in C order (the block checksums of every format)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory and the files directly in it."""
+    import os
+
+    paths = [*path.iterdir(), path] if path.is_dir() else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -29,7 +29,6 @@ so chunk presence is only ever checked with one pass (count or ``chunk_iter``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import json
 import math
@@ -55,9 +54,12 @@ from fib_assets.core.formats.base import (
     WritePlan,
     WriteResult,
     check_roi,
+    check_source,
     ledger_dir,
     plan_fingerprint,
     publish,
+    read_block,
+    sha256_array,
     staging_path,
     tree_size,
 )
@@ -185,7 +187,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     started = time.perf_counter()
     if plan.format != FORMAT:
         raise ValueError(f"{plan.path}: not an HDF5 plan (format {plan.format!r})")
-    _check_source(plan, source)
+    check_source(plan, source)
     final = Path(plan.path)
     staging = staging_path(plan)
     fingerprint = plan_fingerprint(plan)
@@ -200,8 +202,8 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-sha") as hasher:
 
             def write_block(block: Block) -> dict[str, Any]:
-                data = _read_block(source, block, dtype, plan.path)
-                digest = hasher.submit(_sha256, data)  # hashlib and HDF5 both release the GIL
+                data = read_block(source, block, dtype, plan.path)
+                digest = hasher.submit(sha256_array, data)  # hashlib and HDF5 both release the GIL
                 dset[block.write_roi.to_slices()] = data
                 f.flush()  # HDF5's caches -> OS: a killed process keeps what is marked done
                 if plan.options["fsync"]:
@@ -289,7 +291,7 @@ def _resumable(
             continue
         if not stored.issuperset(_chunk_indices(block.write_roi, plan.chunks)):
             return False
-        if _sha256(dset[block.write_roi.to_slices()]) != ledger.info(block.block_id)["sha256"]:
+        if sha256_array(dset[block.write_roi.to_slices()]) != ledger.info(block.block_id)["sha256"]:
             return False
     return True
 
@@ -341,7 +343,7 @@ def _compression_kwargs(plan: WritePlan) -> dict[str, Any]:
 
 def _read_back(dset: h5py.Dataset, block: Block, digest: str, where: str) -> None:
     """``verify="data"``: the block reads back with the sha256 it was written with."""
-    if _sha256(dset[block.write_roi.to_slices()]) != digest:
+    if sha256_array(dset[block.write_roi.to_slices()]) != digest:
         raise FormatError(f"{where}: block {block.block_id} reads back different voxels")
 
 
@@ -515,37 +517,6 @@ def _positive_triple(path: str | Path, name: str, value: Sequence[int]) -> tuple
 
 def _clip(value: tuple[int, int, int], shape: Sequence[int]) -> tuple[int, int, int]:
     return (min(value[0], shape[0]), min(value[1], shape[1]), min(value[2], shape[2]))
-
-
-def _check_source(plan: WritePlan, source: VolumeSource) -> None:
-    got, want = source.info, plan.source
-    if (got.shape, np.dtype(got.dtype), got.voxel_size) != (
-        want.shape,
-        np.dtype(want.dtype),
-        want.voxel_size,
-    ):
-        raise ValueError(
-            f"{plan.path}: source is {got.shape} {got.dtype} {got.voxel_size}, but the plan "
-            f"was made for {want.shape} {want.dtype} {want.voxel_size}"
-        )
-
-
-def _read_block(source: VolumeSource, block: Block, dtype: np.dtype[Any], path: str) -> np.ndarray:
-    """The block's voxels from ``source`` as a C-contiguous array of the stored dtype."""
-    data = np.asarray(source.read(block.write_roi))
-    if data.shape != block.write_roi.shape:
-        raise ValueError(
-            f"{path}: source returned shape {data.shape} for block {block.block_id} "
-            f"{block.write_roi.to_dict()}"
-        )
-    if not np.can_cast(data.dtype, dtype, "safe"):
-        raise ValueError(f"{path}: source block {block.block_id} is {data.dtype}, not {dtype}")
-    return np.ascontiguousarray(data, dtype=dtype)
-
-
-def _sha256(data: np.ndarray) -> str:
-    """sha256 of an array's bytes in C order."""
-    return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -32,7 +32,6 @@ file has index (z,). Uncompressed tiles carry no checksum: their corruption is u
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -58,9 +57,13 @@ from fib_assets.core.formats.base import (
     WritePlan,
     WriteResult,
     check_roi,
+    check_source,
+    fsync_path,
     ledger_dir,
     plan_fingerprint,
     publish,
+    read_block,
+    sha256_array,
     staging_path,
     tree_size,
 )
@@ -207,7 +210,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     started = time.perf_counter()
     if plan.format != FORMAT:
         raise ValueError(f"{plan.path}: not a TIFF plan (format {plan.format!r})")
-    _check_source(plan, source)
+    check_source(plan, source)
     final = Path(plan.path)
     staging = staging_path(plan)
     fingerprint = plan_fingerprint(plan)
@@ -226,10 +229,10 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 plan, source, staging, ledger, blocks, description, hasher, progress
             )
     if plan.options["fsync"]:
-        _fsync(staging)
+        fsync_path(staging)
     _publish(staging, final)
     if plan.options["fsync"]:
-        _fsync(final.parent)
+        fsync_path(final.parent)
     shutil.rmtree(ledger.directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         ledger_dir(plan).rmdir()  # only when no other plan's markers are left
@@ -346,8 +349,8 @@ def _write_bigtiff(
 
             def write_block(block: Block) -> dict[str, Any]:
                 nonlocal last_ifd
-                data = _read_block(source, block, dtype, plan.path)
-                digest = hasher.submit(_sha256, data)  # overlaps with tile compression
+                data = read_block(source, block, dtype, plan.path)
+                digest = hasher.submit(sha256_array, data)  # overlaps with tile compression
                 z0, z1 = block.write_roi.offset[0], block.write_roi.end[0]
                 extra = first_page_kwargs if z0 == 0 else {}
                 writer.write(data, **page_kwargs, **extra)
@@ -412,7 +415,10 @@ def _resume_bigtiff(
             return None
         with TiffVolumeReader(staging) as reader:
             for block in blocks[: len(done)]:
-                if _sha256(reader.read(block.write_roi)) != ledger.info(block.block_id)["sha256"]:
+                if (
+                    sha256_array(reader.read(block.write_roi))
+                    != ledger.info(block.block_id)["sha256"]
+                ):
                     return None
     except (OSError, ValueError, KeyError, struct.error):
         return None
@@ -443,21 +449,21 @@ def _write_slices(
     y, x = plan.source.shape[1:]
 
     def write_block(block: Block) -> dict[str, Any]:
-        data = _read_block(source, block, dtype, plan.path)
-        digest = hasher.submit(_sha256, data)
+        data = read_block(source, block, dtype, plan.path)
+        digest = hasher.submit(sha256_array, data)
         z0 = block.write_roi.offset[0]
         for i in range(data.shape[0]):
             file = staging / SLICE_NAME.format(z0 + i)
             tifffile.imwrite(file, data[i], **page_kwargs)
             if plan.options["fsync"]:
-                _fsync(file)
+                fsync_path(file)
             with tifffile.TiffFile(file) as tif:
                 problem = _page_problem(tif.pages.first, (y, x), dtype, tiles_per_page, file)
             if problem:
                 raise CorruptChunkError(str(file), (z0 + i,), f"written page {problem}")
         if plan.options["verify"] == "data":
             with TiffVolumeReader(staging) as reader:
-                if _sha256(reader.read(block.write_roi)) != digest.result():
+                if sha256_array(reader.read(block.write_roi)) != digest.result():
                     raise FormatError(f"{staging}: slab {block.block_id} reads back differently")
         return {"sha256": digest.result()}
 
@@ -482,7 +488,10 @@ def _resume_slices(
             for block in blocks:
                 if block.block_id not in done:
                     continue
-                if _sha256(reader.read(block.write_roi)) != ledger.info(block.block_id)["sha256"]:
+                if (
+                    sha256_array(reader.read(block.write_roi))
+                    != ledger.info(block.block_id)["sha256"]
+                ):
                     return False
     except (OSError, ValueError, KeyError):
         return False
@@ -600,7 +609,7 @@ def _check_bigtiff_pages(
             _read_page(
                 page, tif.filehandle, str(staging), z0 + i, (0, shape[1]), (0, shape[2]), out[i]
             )
-    if _sha256(out) != digest:
+    if sha256_array(out) != digest:
         raise FormatError(f"{staging}: slab at z {z0} reads back different voxels")
 
 
@@ -817,45 +826,3 @@ def _positive_triple(path: str | Path, name: str, value: Sequence[int]) -> tuple
     if len(value) != 3 or any(int(v) <= 0 for v in value):
         raise ValueError(f"{path}: {name} must be 3 positive voxel counts (z, y, x), got {value}")
     return (int(value[0]), int(value[1]), int(value[2]))
-
-
-def _check_source(plan: WritePlan, source: VolumeSource) -> None:
-    got, want = source.info, plan.source
-    if (got.shape, np.dtype(got.dtype), got.voxel_size) != (
-        want.shape,
-        np.dtype(want.dtype),
-        want.voxel_size,
-    ):
-        raise ValueError(
-            f"{plan.path}: source is {got.shape} {got.dtype} {got.voxel_size}, but the plan "
-            f"was made for {want.shape} {want.dtype} {want.voxel_size}"
-        )
-
-
-def _read_block(source: VolumeSource, block: Block, dtype: np.dtype[Any], path: str) -> np.ndarray:
-    """The block's voxels from ``source`` as a C-contiguous array of the stored dtype."""
-    data = np.asarray(source.read(block.write_roi))
-    if data.shape != block.write_roi.shape:
-        raise ValueError(
-            f"{path}: source returned shape {data.shape} for block {block.block_id} "
-            f"{block.write_roi.to_dict()}"
-        )
-    if not np.can_cast(data.dtype, dtype, "safe"):
-        raise ValueError(f"{path}: source block {block.block_id} is {data.dtype}, not {dtype}")
-    return np.ascontiguousarray(data, dtype=dtype)
-
-
-def _sha256(data: np.ndarray) -> str:
-    """sha256 of an array's bytes in C order."""
-    return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file, or a directory and the files directly in it."""
-    paths = [*path.iterdir(), path] if path.is_dir() else [path]
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
