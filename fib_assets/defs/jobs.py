@@ -8,13 +8,11 @@ from fib_assets.defs.partitions import regions
 acquisitions_job = dg.define_asset_job(
     "acquisitions_job",
     selection=dg.AssetSelection.groups("acquisitions"),
-    partitions_def=regions,
     description="Raw acquisitions of one region: inventory, fixity, canonical volume, QC.",
 )
 formats_job = dg.define_asset_job(
     "formats_job",
     selection=dg.AssetSelection.groups("formats"),
-    partitions_def=regions,
     description="All format variants of one region, each verified against the canonical volume.",
 )
 benchmarks_job = dg.define_asset_job(
@@ -28,7 +26,6 @@ region_pipeline_job = dg.define_asset_job(
     # ground truth is driven by the annotations inbox sensor: a region without annotations yet
     # is not a failure of the nightly backfill
     - dg.AssetSelection.groups("benchmarks", "provenance", "ground_truth"),
-    partitions_def=regions,
     description="Every region-partitioned asset of one region (what the nightly backfill runs).",
 )
 

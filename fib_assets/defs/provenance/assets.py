@@ -280,7 +280,7 @@ def deposit_package(
         override = {
             "reason": config.override_reason.strip(),
             "by": _who(context),
-            "run_id": context.run_id,
+            "run_id": context.run.run_id,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "flags": [f"[{f.kind}] {f.message}" for f in report.flags],
         }
@@ -338,7 +338,7 @@ def deposit_package(
 
 
 def _who(context: dg.AssetExecutionContext) -> str:
-    run = context.instance.get_run_by_id(context.run_id)
+    run = context.instance.get_run_by_id(context.run.run_id)
     user = (run.tags or {}).get("dagster/user") if run is not None else None
     if user:
         return str(user)

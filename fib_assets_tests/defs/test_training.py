@@ -1,0 +1,336 @@
+"""The training family on a real (temporary SQLite) instance: two tiny regions with accepted
+ground truth, a seeded split, a 3-step model of a test-only experiment (plus a fine-tuning of
+it), predictions and segmentation of the test region."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from fib_assets.core import labels
+from fib_assets.core.ml.experiments import ExperimentError, load_experiments
+from fib_assets.definitions import defs as project_defs
+from fib_assets.defs.deployment import GPU_POOL, GPU_RESOURCE
+from fib_assets.defs.partitions import regions
+from fib_assets.defs.training import DEFAULT_EXPERIMENT, build_defs, demo_experiments
+from fib_assets.defs.training import defs as training_defs
+from fib_assets.defs.training.checks import CHECKPOINT_PREDICTS, SPLIT_DISJOINT, split_problems
+from fib_assets.defs.training.partitions import (
+    EXPERIMENTS_ENV,
+    experiments_dir,
+    plan_split,
+    role_targets,
+)
+from fib_assets_tests.conftest import code_location_resources
+
+REPO = Path(__file__).resolve().parents[2]
+REGIONS = ["r001", "r002"]
+SHAPE = (32, 48, 48)
+TRAINING_KEYS = {"training_split", "organelle_model", "predictions", "segmentation"}
+
+TINY = {
+    "name": "tiny_mito",
+    "classes": ["mito", "er"],
+    "preprocessing": [{"name": "percentile_stretch"}, {"name": "zscore"}],
+    "architecture": {
+        "levels": 2,
+        "base_width": 4,
+        "width_factor": 2,
+        "downsample": [[2, 2, 2]],
+        "padding": "valid",
+    },
+    "budget": {"iterations": 3, "patch_size": [8, 8, 8], "batch_size": 1},
+    "optimizer": {"lr": 1.0e-3},
+    "seed": 0,
+}
+TINY_TRANSFER = {
+    **TINY,
+    "name": "tiny_transfer",
+    "initialization": {"from": "tiny_mito"},
+    "budget": {"iterations": 2, "patch_size": [8, 8, 8], "batch_size": 1},
+    "curator_intervention": "transfer_learning",
+}
+TINY_GPU = {**TINY, "name": "tiny_gpu", "compute": "gpu"}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """Two clean tiny regions with their synthetic dense ground truth."""
+    from fib_assets.core.acquisition.synthetic import write_sample
+
+    out = tmp_path_factory.mktemp("training-sample")
+    write_sample(out, n_regions=len(REGIONS), shape_zyx=SHAPE, seed=5)
+    return out
+
+
+@pytest.fixture()
+def family(tmp_path) -> tuple[dg.Definitions, dict]:
+    """The training family built from a test-only experiments folder (what
+    $FIB_ASSETS_EXPERIMENTS points the code location at)."""
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    for exp in (TINY, TINY_TRANSFER, TINY_GPU):
+        (folder / f"{exp['name']}.yaml").write_text(yaml.safe_dump(exp))
+    assert experiments_dir({EXPERIMENTS_ENV: str(folder)}) == folder
+    declared = load_experiments(experiments_dir({EXPERIMENTS_ENV: str(folder)}))
+    return build_defs(declared), declared
+
+
+def _assets(family_defs: dg.Definitions) -> list:
+    """The project's assets and checks (without any training family already wired) plus the
+    family under test."""
+    project_assets = [
+        a
+        for a in project_defs.assets or []
+        if isinstance(a, dg.AssetsDefinition)
+        and not {k.to_user_string() for k in a.keys} & TRAINING_KEYS
+    ]
+    project_checks = [
+        c
+        for c in project_defs.asset_checks or []
+        if not {k.asset_key.to_user_string() for k in c.check_keys} & TRAINING_KEYS
+    ]
+    return [*project_assets, *project_checks, *family_defs.assets, *family_defs.asset_checks]
+
+
+def _run(assets, instance, resources, selection, partition=None, run_config=None):
+    return dg.materialize(
+        assets,
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config=run_config,
+    )
+
+
+def _mat(result, key: str) -> dg.AssetMaterialization:
+    (mat,) = [
+        m.materialization
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.to_user_string() == key
+    ]
+    return mat
+
+
+def _failure(result) -> str:
+    return " ".join(
+        str(e.event_specific_data.error.message)
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    )
+
+
+def _infer(experiment: str) -> dict:
+    return {
+        "ops": {
+            "predictions": {"config": {"experiment": experiment}},
+            "segmentation": {"config": {"experiment": experiment}},
+        }
+    }
+
+
+def test_definitions_describe_the_family():
+    dg.Definitions.validate_loadable(
+        dg.Definitions(
+            assets=_assets(training_defs),
+            resources=dict(project_defs.resources or {}),
+        )
+    )
+    assets = {a.key.to_user_string(): a for a in training_defs.assets}
+    assert set(assets) == TRAINING_KEYS
+    for key, a in assets.items():
+        spec = a.specs_by_key[a.key]
+        assert spec.group_name == "training" and spec.owners == ["team:ml"], key
+        assert spec.description, key
+    assert set(assets["organelle_model"].specs_by_key[dg.AssetKey("organelle_model")].kinds) == {
+        "pytorch"
+    }
+    # the repo's experiment files are the model's partitions; the GPU one is only for GPUs
+    model = assets["organelle_model"]
+    keys = set(model.partitions_def.get_partition_keys())
+    assert {"cosem_mito_gpu", DEFAULT_EXPERIMENT, "demo_mito_transfer"} <= keys
+    assert {"demo_mito_preprocessing"} <= keys
+    k8s = json.loads(model.op.tags["dagster-k8s/config"])  # op tags are stored as JSON
+    assert k8s["container_config"]["resources"]["limits"][GPU_RESOURCE] == "1"
+    assert model.op.pool == GPU_POOL
+    assert demo_experiments(environ={}) == ["demo_mito_scratch", "demo_mito_transfer"]
+    with pytest.raises(ValueError, match="need a GPU"):
+        demo_experiments(environ={"FIB_ASSETS_DEMO_EXPERIMENTS": "cosem_mito_gpu"})
+
+
+def test_experiment_files_are_validated_with_clear_errors(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**TINY, "budget": {"iterations": 0}}))
+    with pytest.raises(ExperimentError, match=r"bad\.yaml: key 'budget\.patch_size'"):
+        load_experiments(tmp_path)
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({**TINY, "initialization": {"from": "nowhere"}})
+    )
+    with pytest.raises(ExperimentError, match="unknown experiment 'nowhere'"):
+        load_experiments(tmp_path)
+    cosem = load_experiments(REPO / "experiments")["cosem_mito_gpu"]
+    assert cosem.architecture["downsample"] == [[2, 2, 2], [3, 3, 3], [3, 3, 3]]
+    assert cosem.optimizer["lr"] == 5e-5 and cosem.compute == "gpu"
+
+
+def test_split_is_seeded_sticky_and_leak_aware():
+    names = [f"r{i:03d}" for i in range(1, 11)]
+    first = plan_split(names, seed=3, test_fraction=0.3, validation_fraction=0.2)
+    assert first == plan_split(names, seed=3, test_fraction=0.3, validation_fraction=0.2)
+    assert (
+        sorted(first.values()).count("test") == 3 and list(first.values()).count("validation") == 2
+    )
+    # new regions never move an existing region out of its role
+    more = plan_split(
+        [*names, "r011", "r012"],
+        seed=3,
+        test_fraction=0.3,
+        validation_fraction=0.2,
+        previous=first,
+    )
+    assert {r: more[r] for r in names} == first
+    assert role_targets(2, 0.3, 0.2) == {"train": 1, "validation": 0, "test": 1}
+    assert role_targets(3, 0.3, 0.2) == {"train": 2, "validation": 0, "test": 1}
+    test_region = next(r for r, role in first.items() if role == "test")
+    assert not split_problems(first, {"m": [r for r, v in first.items() if v == "train"]})
+    assert split_problems(first, {"m": [test_region]}) == [
+        f"organelle_model[m] was trained on current test regions ['{test_region}']"
+    ]
+
+
+def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
+    family_defs, declared = family
+    assets = _assets(family_defs)
+    landing = tmp_path / "landing"
+    shutil.copytree(sample / "landing", landing)
+    resources = code_location_resources(tmp_path, landing)
+    storage = Path(resources["storage"].root)
+    with warnings.catch_warnings(), dg.instance_for_test() as instance:
+        warnings.simplefilter("ignore")
+        instance.add_dynamic_partitions(regions.name, REGIONS)
+        for i, region in enumerate(REGIONS):
+            labels.deliver_synthetic_annotations(
+                sample / "groundtruth" / f"{region}.zarr",
+                resources["annotations"].inbox,
+                region,
+                raw_voxel_size_nm=8.0,
+                n_crops=3,
+                crop_shape=(16, 16, 16),
+                seed=i,
+            )
+            upstream = _run(
+                assets,
+                instance,
+                resources,
+                ["raw_acquisition", "raw_volume", "volume_zarr", "ground_truth_crops"],
+                region,
+                {"ops": {"volume_zarr": {"config": {"chunk_size": 16}}}},
+            )
+            assert upstream.success, _failure(upstream)
+
+        # a seeded split of the two regions: one trains, one is held out for testing
+        split = _run(assets, instance, resources, ["training_split"])
+        assert split.success, _failure(split)
+        (check,) = split.get_asset_check_evaluations()
+        assert check.check_name == SPLIT_DISJOINT and check.passed
+        meta = _mat(split, "training_split").metadata
+        assignment = meta["assignment"].value
+        assert sorted(assignment) == REGIONS and sorted(assignment.values()) == ["test", "train"]
+        (train_region,) = meta["train_regions"].value
+        (test_region,) = meta["test_regions"].value
+        assert "| region | role |" in meta["split"].value and f"| {test_region} | **test**" in (
+            meta["split"].value
+        )
+
+        # a 3-step model: checkpoint + model card, data version = sha256 of the checkpoint
+        trained = _run(assets, instance, resources, ["organelle_model"], "tiny_mito")
+        assert trained.success, _failure(trained)
+        mat = _mat(trained, "organelle_model")
+        ckpt = Path(mat.metadata["checkpoint"].value)
+        assert ckpt.is_file() and ckpt.parent.parent == storage / "organelle_model" / "tiny_mito"
+        sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        assert mat.tags["dagster/data_version"] == sha == mat.metadata["checkpoint_sha256"].value
+        card = json.loads((ckpt.parent / "model_card.json").read_text())
+        assert card["iterations"] == 3 and card["device"] == "cpu"
+        assert card["iterations_per_s"] > 0 and card["wall_time_s"] > 0
+        assert card["architecture"]["levels"] == 2 and card["parameters"] > 0
+        assert card["regions_by_role"]["train"] == [train_region]
+        assert test_region not in card["training_data"]["regions"]
+        current = labels.RevisionStore(storage / "ground_truth_crops" / train_region).current()
+        versions = mat.metadata["data_versions"].value
+        assert versions[f"{train_region}:ground_truth_crops"] == current.data_version
+        assert versions[f"{train_region}:volume_zarr"]
+        assert (
+            versions["training_split"] == _mat(split, "training_split").tags["dagster/data_version"]
+        )
+        assert card["metrics"]["validation_dice"] is not None  # the held-out crop of train
+        assert "| classes | mito, er |" in mat.metadata["model_card"].value
+        checks = {e.check_name: e for e in trained.get_asset_check_evaluations()}
+        assert checks[CHECKPOINT_PREDICTS].passed
+
+        # fine-tuning records where it started from
+        tuned = _run(assets, instance, resources, ["organelle_model"], "tiny_transfer")
+        assert tuned.success, _failure(tuned)
+        tuned_card = json.loads(
+            (
+                Path(_mat(tuned, "organelle_model").metadata["dagster/uri"].value)
+                / "model_card.json"
+            ).read_text()
+        )
+        assert tuned_card["initialization"]["experiment"] == "tiny_mito"
+        assert tuned_card["initialization"]["checkpoint_sha256"] == sha
+
+        # a GPU experiment on this CPU machine fails at once, saying where it runs
+        gpu = _run(assets, instance, resources, ["organelle_model"], "tiny_gpu")
+        assert not gpu.success and "GPU node pool" in _failure(gpu)
+
+        # predictions + segmentation of the test region with the tiny model
+        inferred = _run(
+            assets,
+            instance,
+            resources,
+            ["predictions", "segmentation"],
+            test_region,
+            _infer("tiny_mito"),
+        )
+        assert inferred.success, _failure(inferred)
+        pred = _mat(inferred, "predictions").metadata
+        assert pred["checkpoint_sha256"].value == sha
+        assert "data:image/png;base64" in pred["preview"].value
+        container = Path(pred["dagster/uri"].value)
+        for cls in ("mito", "er"):
+            arr = zarr.open_array(str(container / "predictions" / cls / "s0"), mode="r")
+            assert arr.shape == SHAPE and arr.dtype == np.uint8
+        seg = _mat(inferred, "segmentation").metadata
+        assert seg["region_role"].value == "test" and seg["test_region"].value is True
+        for cls in ("mito", "er"):
+            assert 0.0 <= seg[f"dice_{cls}"].value <= 1.0
+        inst = zarr.open_array(
+            str(Path(seg["dagster/uri"].value) / "instances" / "mito" / "s0"), mode="r"
+        )
+        assert inst.shape == SHAPE and inst.dtype == np.uint64
+        assert int(np.asarray(inst[...]).max()) == seg["instances_mito"].value
+        assert {e.check_name: e.passed for e in inferred.get_asset_check_evaluations()} == {
+            "prediction_complete": True
+        }
+
+        # rerun: every block is already done, nothing is recomputed
+        again = _run(assets, instance, resources, ["predictions"], test_region, _infer("tiny_mito"))
+        assert again.success
+        assert _mat(again, "predictions").metadata["blocks_computed"].value == 0
+
+        # segmentation of an experiment whose predictions do not exist fails clearly
+        missing = _run(
+            assets, instance, resources, ["segmentation"], test_region, _infer("tiny_transfer")
+        )
+        assert not missing.success and "no materialization with experiment" in _failure(missing)
