@@ -131,13 +131,8 @@ def _failure(result) -> str:
     )
 
 
-def _infer(experiment: str) -> dict:
-    return {
-        "ops": {
-            "predictions": {"config": {"experiment": experiment}},
-            "segmentation": {"config": {"experiment": experiment}},
-        }
-    }
+def _infer(experiment: str, ops=("predictions", "segmentation")) -> dict:
+    return {"ops": {op: {"config": {"experiment": experiment}} for op in ops}}
 
 
 def test_definitions_describe_the_family():
@@ -325,12 +320,75 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         }
 
         # rerun: every block is already done, nothing is recomputed
-        again = _run(assets, instance, resources, ["predictions"], test_region, _infer("tiny_mito"))
+        again = _run(
+            assets,
+            instance,
+            resources,
+            ["predictions"],
+            test_region,
+            _infer("tiny_mito", ["predictions"]),
+        )
         assert again.success
         assert _mat(again, "predictions").metadata["blocks_computed"].value == 0
 
         # segmentation of an experiment whose predictions do not exist fails clearly
         missing = _run(
-            assets, instance, resources, ["segmentation"], test_region, _infer("tiny_transfer")
+            assets,
+            instance,
+            resources,
+            ["segmentation"],
+            test_region,
+            _infer("tiny_transfer", ["segmentation"]),
         )
         assert not missing.success and "no materialization with experiment" in _failure(missing)
+
+
+def test_training_resumes_after_a_crash_and_selects_on_validation(tmp_path):
+    """The training loop (no Dagster): a run killed after its first selection point resumes
+    from ``latest.pt``; the selected checkpoint is the best-scoring one on validation crops."""
+    from fib_assets.core.formats.base import ArraySource
+    from fib_assets.core.geometry import Roi, VoxelSize
+    from fib_assets.core.ml.experiments import Experiment
+    from fib_assets.core.ml.preprocess import Pipeline, PreprocessedVolume
+    from fib_assets.core.ml.train import build_sampler, read_checkpoint
+    from fib_assets.defs.training.assets import (
+        CropSetSampler,
+        EvalCrop,
+        selection_points,
+        train_with_selection,
+    )
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((24, 24, 24), dtype=np.uint8)
+    lab[4:14, 4:14, 4:14] = 4  # a mito lumen block
+    lab[lab == 0] = 35  # cytosol
+    raw = ArraySource(
+        (np.where(lab == 4, 60, 180) + rng.integers(0, 20, lab.shape)).astype(np.uint8),
+        VoxelSize.isotropic(8.0),
+    )
+    config = Experiment.from_dict({**TINY, "classes": ["mito"]}).train_config()
+    pipeline = Pipeline.from_dict(config.preprocessing).fit(raw)
+    crop = ArraySource(lab, raw.info.voxel_size)
+    sampler = CropSetSampler([("r/c", build_sampler(config, raw, crop, pipeline=pipeline))])
+    validation = [
+        EvalCrop("r/v", PreprocessedVolume(raw, pipeline), Roi((0, 0, 0), lab.shape), lab)
+    ]
+    staging = tmp_path / "staging"
+    first = train_with_selection(
+        config.replace(iterations=2), sampler, validation, staging, n_points=2, log=lambda _: None
+    )
+    assert first.iterations == 2 and [p["step"] for p in first.selection] == [1, 2]
+    # killed after step 2 was saved but before it was scored: a larger budget resumes there
+    state = json.loads((staging / "selection.json").read_text())
+    state["points"] = state["points"][:1]
+    (staging / "selection.json").write_text(json.dumps(state))
+    resumed = train_with_selection(
+        config.replace(iterations=4), sampler, validation, staging, n_points=2, log=lambda _: None
+    )
+    assert resumed.resumed_from_step == 2 and resumed.steps_this_run == 2
+    assert resumed.iterations == 4 and [p["step"] for p in resumed.selection] == [1, 2, 4]
+    best = max(resumed.selection, key=lambda p: p["mean_dice"])
+    assert resumed.selected_step == best["step"]
+    assert read_checkpoint(resumed.checkpoint)["step"] == best["step"]
+    assert len(list(staging.glob("best-*.pt"))) == 1
+    assert selection_points(240, 5) == [48, 96, 144, 192, 240]

@@ -3,9 +3,9 @@ blockwise predictions and segmentations of regions with a chosen model.
 
 Lineage::
 
-    ground_truth_crops[region] ─┬─> training_split ──┬─> organelle_model[experiment]
-    volume_zarr[region] ────────┴────────────────────┘            │ (all experiments)
-    volume_zarr[region] ───────────────> predictions[region] <────┘
+    ground_truth_crops[all regions] ──────────────────> training_split
+    training_split, ground_truth_crops + volume_zarr[all regions] ─> organelle_model[experiment]
+    organelle_model[all experiments], volume_zarr[region] ──> predictions[region]
     predictions[region], ground_truth_crops[region], training_split ─> segmentation[region]
 
 ``organelle_model`` is partitioned by experiment (static partitions from ``experiments/``) and
@@ -20,13 +20,16 @@ its latest materialization.
 selector and toleration, see :mod:`fib_assets.defs.deployment`) and ``pool="gpu"``. Every
 experiment trains in that step: a ``compute: cpu`` experiment on Kubernetes also lands on a
 GPU node (the tiny demo models do not mind), and locally the ``gpu`` pool lets one training
-run at a time. Two assets (a CPU and a GPU model asset) would put each experiment on the right
-hardware but split one kind of data across two keys and make every consumer look in both; one
-asset keeps one lineage per model, which is what curators audit. A ``compute: gpu`` experiment
-on a machine without CUDA fails at once with a clear error.
+run at a time once its limit is set (``dagster instance concurrency set gpu 1``, or
+``concurrency.pools`` in dagster.yaml). Two assets (a CPU and a GPU model asset) would put
+each experiment on the right hardware but split one kind of data across two keys and make
+every consumer look in both; one asset keeps one lineage per model, which is what curators
+audit. A ``compute: gpu`` experiment on a machine without CUDA fails at once with a clear
+error.
 
 The pure helpers of this module (crop sampling, evaluation on crops, the training loop with
-model selection, overlays) never touch Dagster; the asset bodies only look up inputs, call
+model selection, model cards, segmentation and scoring, previews) never touch Dagster and are
+candidates for ``fib_assets/core/ml``; the asset bodies look up inputs in the event log, call
 them and describe the result.
 """
 
@@ -39,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dagster as dg
 import numpy as np
@@ -55,7 +58,7 @@ from fib_assets.core import labels
 from fib_assets.core.blockwise import atomic_write_json, fingerprint
 from fib_assets.core.formats import open_volume
 from fib_assets.core.formats.base import ArraySource, VolumeSource
-from fib_assets.core.geometry import Roi
+from fib_assets.core.geometry import Roi, validate_region_key
 from fib_assets.core.ml.classes import ClassSpec
 from fib_assets.core.ml.experiments import Experiment
 from fib_assets.core.ml.predict import (
@@ -230,16 +233,29 @@ class Overlap:
         return self.intersection / union if union else 1.0
 
 
-def score_masks(
+def crop_overlaps(
     predicted: Callable[[ClassSpec], npt.NDArray[np.bool_]],
     truth_labels: Array,
     classes: Sequence[ClassSpec],
-    into: dict[str, Overlap],
-) -> None:
-    """Add one crop's overlaps per class; voxels with label 0 (unannotated) are not scored."""
+) -> dict[str, Overlap]:
+    """One crop's overlaps per class; voxels with label 0 (unannotated) are not scored.
+    ``predicted(class)`` is the predicted mask of the crop's ROI."""
     annotated = truth_labels != labels.UNANNOTATED
+    out = {}
     for c in classes:
-        into.setdefault(c.name, Overlap()).add(predicted(c) & annotated, c.mask(truth_labels))
+        o = Overlap()
+        o.add(predicted(c) & annotated, c.mask(truth_labels))
+        out[c.name] = o
+    return out
+
+
+def pool_overlaps(into: dict[str, Overlap], part: Mapping[str, Overlap]) -> None:
+    """Add a crop's counts to the totals (Dice over all crops pools voxels, not crop scores)."""
+    for name, o in part.items():
+        t = into.setdefault(name, Overlap())
+        t.intersection += o.intersection
+        t.predicted += o.predicted
+        t.truth += o.truth
 
 
 def evaluate_crops(model: UNet, config: TrainConfig, crops: Sequence[EvalCrop]) -> dict[str, float]:
@@ -248,12 +264,11 @@ def evaluate_crops(model: UNet, config: TrainConfig, crops: Sequence[EvalCrop]) 
     names = [c.name for c in config.classes]
     for crop in crops:
         maps = predict_roi(model, config, crop.volume, crop.roi)
-        score_masks(
-            lambda c, m=maps: m[names.index(c.name)] > UINT8_THRESHOLD,
-            crop.labels,
-            config.classes,
-            totals,
-        )
+
+        def predicted(c: ClassSpec, maps: Array = maps) -> npt.NDArray[np.bool_]:
+            return np.asarray(maps[names.index(c.name)] > UINT8_THRESHOLD)
+
+        pool_overlaps(totals, crop_overlaps(predicted, crop.labels, config.classes))
     return {name: totals[name].dice for name in names}
 
 
@@ -290,23 +305,28 @@ def train_with_selection(
 ) -> TrainingOutcome:
     """Train ``config`` on ``sampler`` in ``staging``; at :func:`selection_points` save
     ``latest.pt`` (a killed run resumes from it) and, when there are validation crops, score
-    the model on them and keep the best mean Dice as ``best.pt`` (model selection). Returns the
-    selected checkpoint: ``best.pt``, or ``latest.pt`` without validation crops."""
+    the model on them and keep the best mean Dice as ``best-<step>.pt`` (model selection;
+    ``selection.json`` names it and is written after it). Returns the selected checkpoint:
+    the best one, or ``latest.pt`` without validation crops."""
     staging.mkdir(parents=True, exist_ok=True)
-    latest, best = staging / "latest.pt", staging / "best.pt"
+    latest = staging / "latest.pt"
     state_file = staging / "selection.json"
     t_wall = time.perf_counter()
+    # the trainer uses only the sampler's protocol (shapes, classes, target, batch, describe,
+    # data_versions, rejected), which CropSetSampler provides for many crops
+    patches = cast(PatchSampler, sampler)
     if latest.exists():
-        trainer = Trainer.resume(latest, sampler, staging, config=config, threads=threads)
+        trainer = Trainer.resume(latest, patches, staging, config=config, threads=threads)
         log(f"resuming from step {trainer.step} ({latest})")
     else:
-        trainer = Trainer(config, sampler, staging, threads=threads)
+        trainer = Trainer(config, patches, staging, threads=threads)
     resumed = trainer.step
-    state: dict[str, Any] = (
-        json.loads(state_file.read_text())
-        if state_file.exists() and resumed
-        else {"best_step": None, "best_score": None, "points": []}
-    )
+    state: dict[str, Any] = {"best_step": None, "best_score": None, "best_file": None, "points": []}
+    if resumed and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["best_file"] and not (staging / state["best_file"]).exists():
+            log(f"{state['best_file']} is missing: model selection restarts")
+            state.update(best_step=None, best_score=None, best_file=None)
     train_s = 0.0
 
     def show(rec: dict[str, Any]) -> None:
@@ -315,6 +335,26 @@ def train_with_selection(
             f"{rec['steps'] / max(rec['seconds'], 1e-9):.2f} it/s"
         )
 
+    def select() -> None:
+        scores = evaluate_crops(trainer.model, config, validation)
+        score = float(np.mean(list(scores.values())))
+        state["points"].append({"step": trainer.step, "dice": scores, "mean_dice": score})
+        if state["best_score"] is None or score > state["best_score"]:
+            name = f"best-{trainer.step:07d}.pt"
+            tmp = staging / f".{name}.tmp"
+            shutil.copyfile(latest, tmp)
+            tmp.replace(staging / name)
+            old = state["best_file"]
+            state.update(best_step=trainer.step, best_score=score, best_file=name)
+            atomic_write_json(state_file, state)
+            if old and old != name:
+                (staging / old).unlink(missing_ok=True)
+        atomic_write_json(state_file, state)
+        log(f"validation at step {trainer.step}: Dice {scores} (best {state['best_score']:.3f})")
+
+    done = {p["step"] for p in state["points"]}
+    if validation and resumed and resumed not in done:
+        select()  # killed between saving latest.pt and scoring it
     for until in selection_points(config.iterations, n_points):
         if until <= trainer.step:
             continue
@@ -323,21 +363,13 @@ def train_with_selection(
         train_s += time.perf_counter() - t0
         trainer.save(latest)
         if validation:
-            scores = evaluate_crops(trainer.model, config, validation)
-            score = float(np.mean(list(scores.values())))
-            state["points"].append({"step": trainer.step, "dice": scores, "mean_dice": score})
-            if state["best_score"] is None or score > state["best_score"]:
-                state["best_step"], state["best_score"] = trainer.step, score
-                shutil.copyfile(latest, best)
-            log(
-                f"validation at step {trainer.step}: Dice {scores} (best {state['best_score']:.3f})"
-            )
-            atomic_write_json(state_file, state)
-    chosen = best if validation and best.exists() else latest
+            select()
+    best = staging / state["best_file"] if state["best_file"] else None
+    chosen = best if validation and best is not None else latest
     return TrainingOutcome(
         checkpoint=chosen,
         iterations=trainer.step,
-        selected_step=int(state["best_step"] or trainer.step) if validation else trainer.step,
+        selected_step=int(state["best_step"]) if chosen != latest else trainer.step,
         train_seconds=train_s,
         wall_seconds=time.perf_counter() - t_wall,
         steps_this_run=trainer.step - resumed,
@@ -357,6 +389,248 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --- one experiment's training, end to end (no Dagster) ----------------------------------------
+
+
+@dataclass
+class RegionData:
+    """One region's inputs to training or evaluation: the accepted ground-truth revision and
+    the raw voxels (a format variant) with their data versions."""
+
+    region: str
+    role: str
+    revision: labels.Revision
+    raw_path: Path
+    raw_data_version: str | None
+    variant: str
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "ground_truth_revision": self.revision.number,
+            "ground_truth_data_version": self.revision.data_version,
+            "ground_truth_path": str(self.revision.path),
+            "variant": f"volume_{self.variant}",
+            "variant_path": str(self.raw_path),
+            "variant_data_version": self.raw_data_version,
+        }
+
+
+@dataclass
+class TrainingData:
+    """Everything a training run reads: the crop sampler, the validation crops, which crops of
+    which region were used (with the regions' data versions) and the open volumes."""
+
+    sampler: CropSetSampler
+    validation: list[EvalCrop]
+    used: dict[str, dict[str, Any]]
+    readers: list[Any]
+
+    def close(self) -> None:
+        for r in self.readers:
+            r.close()
+
+
+def assemble_training_data(config: TrainConfig, data: Sequence[RegionData]) -> TrainingData:
+    """Training crops: the ``train`` crops of training regions. Validation crops: every crop of
+    validation regions and the curators' held-out crops of training regions. Test regions are
+    never passed in. Pre-processing is fitted once per region (as prediction refits it)."""
+    crops: list[tuple[str, PatchSampler]] = []
+    validation: list[EvalCrop] = []
+    used: dict[str, dict[str, Any]] = {}
+    readers: list[Any] = []
+    try:
+        for d in data:
+            if d.role not in ("train", "validation"):
+                raise ValueError(f"{d.region} has role {d.role!r}: only train/validation regions")
+            raw = open_volume(d.raw_path)
+            readers.append(raw)
+            pipeline = Pipeline.from_dict(config.preprocessing).fit(raw, seed=config.seed)
+            used[d.region] = {**d.provenance(), "train_crops": [], "validation_crops": []}
+            for crop in d.revision.crops:
+                lab = crop_labels(d.revision, crop, raw)
+                name = f"{d.region}/{crop.name}"
+                if d.role == "train" and crop.split == "train":
+                    labels_source = ArraySource(lab, raw.info.voxel_size)
+                    sampler = build_sampler(
+                        config, raw, labels_source, label_offset=crop.roi.offset, pipeline=pipeline
+                    )
+                    crops.append((name, sampler))
+                    used[d.region]["train_crops"].append(crop.name)
+                else:
+                    volume = PreprocessedVolume(raw, pipeline)
+                    validation.append(EvalCrop(name, volume, crop.roi, lab))
+                    used[d.region]["validation_crops"].append(crop.name)
+        return TrainingData(CropSetSampler(crops, seed=config.seed), validation, used, readers)
+    except BaseException:
+        for r in readers:
+            r.close()
+        raise
+
+
+@dataclass
+class TrainedModel:
+    checkpoint: Path
+    sha256: str
+    card: dict[str, Any]
+    markdown: str
+
+
+def publish_checkpoint(selected: Path, staging: Path, exp_dir: Path) -> tuple[Path, str]:
+    """Copy the selected checkpoint to ``<exp_dir>/<sha256[:16]>/model.pt`` (content-addressed,
+    so predictions made with an older model keep pointing at its unchanged file)."""
+    sha = sha256_file(selected)
+    final_dir = exp_dir / sha[:16]
+    final_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = final_dir / "model.pt"
+    if not checkpoint.exists() or sha256_file(checkpoint) != sha:
+        tmp = final_dir / ".model.pt.tmp"
+        shutil.copyfile(selected, tmp)
+        tmp.replace(checkpoint)
+    for extra in ("metrics.jsonl", "selection.json"):
+        if (staging / extra).exists():
+            shutil.copyfile(staging / extra, final_dir / extra)
+    return checkpoint, sha
+
+
+def build_model_card(
+    exp: Experiment,
+    config: TrainConfig,
+    outcome: TrainingOutcome,
+    data: TrainingData,
+    *,
+    init: Mapping[str, Any] | None,
+    split_info: Mapping[str, Any],
+    checkpoint: Path,
+    sha: str,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The model card (JSON-able): what was trained, on which data versions, how well, how
+    fast and where."""
+    final_loss = outcome.history[-1]["loss"] if outcome.history else float("nan")
+    selected = next((p for p in outcome.selection if p["step"] == outcome.selected_step), None)
+    metrics: dict[str, Any] = {
+        "final_loss": float(final_loss),
+        "selected_step": outcome.selected_step,
+        "validation_dice": selected["dice"] if selected else None,
+        "selection": outcome.selection,
+        "history": outcome.history,
+    }
+    if selected:
+        metrics["validation_dice_text"] = ", ".join(
+            f"{k} {v:.3f}" for k, v in selected["dice"].items()
+        )
+    u = config.unet
+    return {
+        "experiment": exp.name,
+        "description": exp.description,
+        "experiment_file": exp.source,
+        "experiment_spec": exp.to_dict(),
+        "classes": [c.to_dict() for c in config.classes],
+        "loss": config.loss,
+        "architecture": u.to_dict(),
+        "architecture_summary": f"{u.levels}-level U-Net, widths {list(u.widths)}, "
+        f"downsampling {[list(f) for f in u.downsample]}, {u.padding} padding",
+        "parameters": count_parameters(UNet(u)),
+        "input_shape": list(config.input_shape),
+        "output_shape": list(config.output_shape),
+        "preprocessing": [dict(s) for s in config.preprocessing],
+        "optimizer": {"lr": config.lr, "betas": list(config.betas)},
+        "batch_size": config.batch_size,
+        "iterations": outcome.iterations,
+        "iterations_declared": exp.budget.iterations,
+        "selected_step": outcome.selected_step,
+        "initialization": {
+            **(init or {}),
+            "freeze_encoder": exp.initialization.freeze_encoder,
+            "summary": (
+                f"from {init['experiment']} (sha256 {str(init['checkpoint_sha256'])[:12]}…)"
+                if init
+                else "scratch"
+            ),
+        },
+        "curator_intervention": exp.curator_intervention,
+        "compute": exp.compute,
+        "device": outcome.device,
+        "threads": outcome.threads,
+        "wall_time_s": outcome.wall_seconds,
+        "train_time_s": outcome.train_seconds,
+        "iterations_per_s": outcome.steps_this_run / max(outcome.train_seconds, 1e-9),
+        "resumed_from_step": outcome.resumed_from_step,
+        "regions_by_role": dict(split_info["regions_by_role"]),
+        "training_data": {
+            "split_data_version": split_info["data_version"],
+            "split_storage_id": split_info["storage_id"],
+            "regions": data.used,
+            "sampler_data_versions": data.sampler.data_versions(),
+        },
+        "metrics": metrics,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha,
+        "library_versions": train_module.library_versions(),
+        "created_at": datetime.now(UTC).isoformat(),
+        "dagster_run_id": run_id,
+    }
+
+
+def train_experiment(
+    exp: Experiment,
+    config: TrainConfig,
+    regions_data: Sequence[RegionData],
+    exp_dir: Path,
+    *,
+    init: Mapping[str, Any] | None,
+    split_info: Mapping[str, Any],
+    n_points: int = 5,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    run_id: str | None = None,
+) -> TrainedModel:
+    """Train ``exp`` (as ``config``) on ``regions_data`` and publish the checkpoint and its
+    model card under ``exp_dir``. The staging folder is named by everything that determines
+    the result, so a rerun after a crash resumes it, and it is removed once published."""
+    data = assemble_training_data(config, regions_data)
+    try:
+        provenance = {r: {k: v for k, v in u.items() if k != "role"} for r, u in data.used.items()}
+        key = fingerprint(
+            {"config": config.to_dict(), "data": provenance, "init": init, "points": n_points}
+        )[:16]
+        staging = exp_dir / f".train-{key}"
+        log(
+            f"{exp.name}: {len(data.sampler.names)} training crops, {len(data.validation)} "
+            f"validation crops, input patch {list(config.input_shape)}"
+        )
+        outcome = train_with_selection(
+            config,
+            data.sampler,
+            data.validation,
+            staging,
+            n_points=n_points,
+            threads=threads,
+            log=log,
+        )
+    finally:
+        data.close()
+    checkpoint, sha = publish_checkpoint(outcome.checkpoint, staging, exp_dir)
+    card = build_model_card(
+        exp,
+        config,
+        outcome,
+        data,
+        init=init,
+        split_info=split_info,
+        checkpoint=checkpoint,
+        sha=sha,
+        run_id=run_id,
+    )
+    md = model_card_markdown(card)
+    atomic_write_json(checkpoint.parent / "model_card.json", card)
+    (checkpoint.parent / "model_card.md").write_text(md + "\n")
+    atomic_write_json(exp_dir / "current.json", {"checkpoint": str(checkpoint), "sha256": sha})
+    shutil.rmtree(staging, ignore_errors=True)
+    return TrainedModel(checkpoint, sha, card, md)
 
 
 def model_card_markdown(card: Mapping[str, Any]) -> str:
@@ -455,7 +729,135 @@ def read_container_roi(container: Path, key: str, roi: Roi) -> Array:
     """Voxels of ``roi`` of image ``key`` (``predictions/mito``, ``instances/mito``) of a
     prediction/segmentation container."""
     arr = zarr.open_array(str(container / key / "s0"), mode="r")
-    return np.asarray(arr[roi.to_slices()])
+    data: Array = np.asarray(arr[roi.to_slices()])
+    return data
+
+
+# --- inference outputs (no Dagster) -------------------------------------------------------------
+
+
+def read_plane(path: Path, roi: Roi) -> Array:
+    """One (1, y, x) ROI of a format variant as a uint8 (y, x) plane."""
+    src = open_volume(path)
+    try:
+        plane: Array = np.asarray(src.read(roi))[0].astype(np.uint8)
+        return plane
+    finally:
+        src.close()
+
+
+def prediction_classes_present(container: Path, classes: Sequence[str]) -> list[str]:
+    return [c for c in classes if (container / "predictions" / c / "s0" / "zarr.json").exists()]
+
+
+def prediction_preview(raw_path: Path, container: Path) -> str:
+    """Markdown: the middle slice (centre crop) of the raw beside it with every class's
+    predicted foreground coloured as in the ground-truth overlays."""
+    attrs = read_prediction_attrs(container)
+    classes = [ClassSpec.from_dict(c) for c in attrs["config"]["classes"]]
+    roi = preview_roi(attrs["plan"]["volume_shape"])
+    plane = read_plane(raw_path, roi)
+    masks = [
+        (
+            read_container_roi(container, f"predictions/{c.name}", roi)[0] > UINT8_THRESHOLD,
+            class_color(c),
+        )
+        for c in classes
+    ]
+    legend = ", ".join(f"{c.name} rgb{class_color(c)}" for c in classes)
+    png = preview_png(plane, _rgb_overlay(plane, masks))
+    return (
+        markdown_image(png, f"raw and predictions ({legend})")
+        + f"\n\nmiddle slice z={roi.offset[0]}; {legend}"
+    )
+
+
+def instance_preview(raw_path: Path, container: Path, class_name: str) -> str:
+    """Markdown: the middle slice of the raw beside it with one class's instances coloured."""
+    shape = json.loads((container / "instances" / class_name / "s0" / "zarr.json").read_text())[
+        "shape"
+    ]
+    roi = preview_roi(shape)
+    plane = read_plane(raw_path, roi)
+    inst = read_container_roi(container, f"instances/{class_name}", roi)[0]
+    overlay = _rgb_overlay(plane, [])
+    fg = inst > 0
+    overlay[fg] = (0.5 * overlay[fg] + 0.5 * instance_colors(inst)[fg]).astype(np.uint8)
+    png = preview_png(plane, overlay)
+    return (
+        markdown_image(png, f"{class_name} instances")
+        + f"\n\n{class_name} instances, middle slice z={roi.offset[0]}"
+    )
+
+
+@dataclass
+class Segmentation:
+    classes: list[ClassSpec]
+    counts: dict[str, int]
+    shape: tuple[int, int, int]
+
+
+def segment_predictions(pred_path: Path, out: Path, version: str) -> Segmentation:
+    """Connected components (6-connected, threshold 127) of every class map of a prediction
+    container, blockwise with the prediction's blocks, into ``out`` (``instances/<class>``,
+    uint64, ids 1..N); resumable through block markers keyed by ``version``."""
+    attrs = read_prediction_attrs(pred_path)
+    plan = attrs["plan"]
+    classes = [ClassSpec.from_dict(c) for c in attrs["config"]["classes"]]
+    s = [int(v) for v in plan["volume_shape"]]
+    shape = (s[0], s[1], s[2])
+    block = tuple(int(b) for b in plan["block_shape"])
+    fp = fingerprint({"predictions": version, "threshold": UINT8_THRESHOLD})
+    store = ArrayStore(out, shape, block, plan["voxel_size_nm"], {"predictions": str(pred_path)})
+    counts: dict[str, int] = {}
+    for c in classes:
+
+        def foreground(roi: Roi, key: str = f"predictions/{c.name}") -> npt.NDArray[np.bool_]:
+            return read_container_roi(pred_path, key, roi) > UINT8_THRESHOLD
+
+        counts[c.name] = connected_components_blockwise(
+            foreground, store, c.name, block, default_ledger_dir(out), fp
+        )
+    store.set_attributes(
+        {
+            "complete": True,
+            "predictions": str(pred_path),
+            "classes": [c.to_dict() for c in classes],
+            "max_id": counts,
+            "threshold_uint8": UINT8_THRESHOLD,
+        }
+    )
+    shutil.rmtree(out / "fragments", ignore_errors=True)  # pass-1 ids; the markers know
+    return Segmentation(classes, counts, shape)
+
+
+def score_against_crops(
+    revision: labels.Revision, raw_path: Path, container: Path, classes: Sequence[ClassSpec]
+) -> tuple[dict[str, Overlap], str]:
+    """Overlaps per class of a segmentation container with every crop of a ground-truth
+    revision (pooled over crops; unannotated voxels not scored), and a markdown table per
+    crop."""
+    overlaps: dict[str, Overlap] = {}
+    rows = ["| crop | split | " + " | ".join(f"Dice {c.name}" for c in classes) + " |"]
+    rows.append("|---|---|" + "---|" * len(classes))
+    raw = open_volume(raw_path)
+    try:
+        for crop in revision.crops:
+            truth = crop_labels(revision, crop, raw)
+
+            def predicted(c: ClassSpec, roi: Roi = crop.roi) -> npt.NDArray[np.bool_]:
+                return np.asarray(read_container_roi(container, f"instances/{c.name}", roi) > 0)
+
+            per_crop = crop_overlaps(predicted, truth, classes)
+            pool_overlaps(overlaps, per_crop)
+            rows.append(
+                f"| {crop.name} | {crop.split} | "
+                + " | ".join(f"{per_crop[c.name].dice:.3f}" for c in classes)
+                + " |"
+            )
+    finally:
+        raw.close()
+    return overlaps, "\n".join(rows)
 
 
 # =============================================================================================
@@ -556,40 +958,15 @@ def current_split(instance: dg.DagsterInstance) -> tuple[dict[str, str], dict[st
 
 
 def _revision_store(storage: StorageResource, region: str) -> labels.RevisionStore:
-    return labels.RevisionStore(storage.asset_dir("ground_truth_crops", region))
-
-
-def read_plane(path: Path, roi: Roi) -> Array:
-    """One (1, y, x) ROI of a format variant as a uint8 (y, x) plane."""
-    src = open_volume(path)
-    try:
-        return np.asarray(src.read(roi))[0].astype(np.uint8)
-    finally:
-        src.close()
-
-
-@dataclass
-class RegionData:
-    """One region's inputs to training or evaluation: the accepted ground-truth revision and
-    the raw voxels (a format variant) with their data versions."""
-
-    region: str
-    role: str
-    revision: labels.Revision
-    raw_path: Path
-    raw_data_version: str | None
-    variant: str
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "ground_truth_revision": self.revision.number,
-            "ground_truth_data_version": self.revision.data_version,
-            "ground_truth_path": str(self.revision.path),
-            "variant": f"volume_{self.variant}",
-            "variant_path": str(self.raw_path),
-            "variant_data_version": self.raw_data_version,
-        }
+    """The region's ground-truth revisions (read only: no folder is created)."""
+    if storage.is_remote:
+        raise dg.Failure(
+            f"{storage.root}: the training family reads ground truth and writes checkpoints on "
+            "a local (or mounted) storage root"
+        )
+    return labels.RevisionStore(
+        Path(storage.root) / "ground_truth_crops" / validate_region_key(region)
+    )
 
 
 def region_data(
@@ -634,6 +1011,44 @@ def _split_table(assignment: Mapping[str, str], details: Mapping[str, dict[str, 
             f"{', '.join(d.get('train', []))} | {', '.join(d.get('test', []))} |"
         )
     return "\n".join(rows)
+
+
+def model_metadata(card: Mapping[str, Any], markdown: str, variant: str) -> dict[str, Any]:
+    """organelle_model's metadata: the card's headline numbers, and every data version used."""
+    used: Mapping[str, Mapping[str, Any]] = card["training_data"]["regions"]
+    init = card["initialization"]
+    by_role = card["regions_by_role"]
+    versions = {
+        "training_split": card["training_data"]["split_data_version"],
+        **{f"{r}:ground_truth_crops": v["ground_truth_data_version"] for r, v in used.items()},
+        **{f"{r}:volume_{variant}": v["variant_data_version"] for r, v in used.items()},
+    }
+    if init.get("experiment"):
+        versions[f"init:organelle_model[{init['experiment']}]"] = init["data_version"]
+    checkpoint = Path(card["checkpoint"])
+    meta: dict[str, Any] = {
+        "dagster/uri": dg.MetadataValue.path(str(checkpoint.parent)),
+        "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+        "checkpoint_sha256": card["checkpoint_sha256"],
+        "model_card": dg.MetadataValue.md(markdown),
+        "model_card_file": dg.MetadataValue.path(str(checkpoint.parent / "model_card.json")),
+        "experiment": dg.MetadataValue.json(card["experiment_spec"]),
+        "architecture": dg.MetadataValue.json(card["architecture"]),
+        "parameters": int(card["parameters"]),
+        "iterations": int(card["iterations"]),
+        "selected_step": int(card["selected_step"]),
+        "final_loss": float(card["metrics"]["final_loss"]),
+        "wall_time_s": float(card["wall_time_s"]),
+        "iterations_per_s": float(card["iterations_per_s"]),
+        "device": str(card["device"]),
+        "train_regions": dg.MetadataValue.json(by_role["train"]),
+        "validation_regions": dg.MetadataValue.json(by_role["validation"]),
+        "test_regions": dg.MetadataValue.json(by_role["test"]),
+        "data_versions": dg.MetadataValue.json(versions),
+    }
+    for cls, value in (card["metrics"]["validation_dice"] or {}).items():
+        meta[f"validation_dice_{cls}"] = float(value)
+    return meta
 
 
 def build_training_assets(
@@ -717,7 +1132,12 @@ def build_training_assets(
         owners=OWNERS,
         kinds={"pytorch"},
         code_version=code_version_of(
-            train_module, sampler_module, CropSetSampler, train_with_selection, evaluate_crops
+            train_module,
+            sampler_module,
+            CropSetSampler,
+            assemble_training_data,
+            train_with_selection,
+            evaluate_crops,
         ),
         deps=[
             dg.AssetDep(TRAINING_SPLIT),
@@ -766,200 +1186,36 @@ def build_training_assets(
         train_config = train_config.replace(
             iterations=iterations, metrics_every=max(1, iterations // 10)
         )
+        context.log.info(
+            f"{name}: training regions {by_role['train']}, validation regions "
+            f"{by_role['validation']}, {iterations} iterations"
+        )
         if train_config.device == "cuda" and not torch.cuda.is_available():
             raise dg.Failure(
                 f"experiment {name} declares compute: gpu but this step has no CUDA device; it "
                 "runs on the Kubernetes GPU node pool (k8s_job_executor), not on this machine"
             )
 
-        readers: list[Any] = []
-        try:
-            crops: list[tuple[str, PatchSampler]] = []
-            validation: list[EvalCrop] = []
-            used: dict[str, dict[str, Any]] = {}
-            for d in data:
-                raw = open_volume(d.raw_path)
-                readers.append(raw)
-                pipeline = Pipeline.from_dict(train_config.preprocessing).fit(
-                    raw, seed=train_config.seed
-                )
-                used[d.region] = {**d.provenance(), "train_crops": [], "validation_crops": []}
-                for crop in d.revision.crops:
-                    lab = crop_labels(d.revision, crop, raw)
-                    cname = f"{d.region}/{crop.name}"
-                    if d.role == "train" and crop.split == "train":
-                        source = ArraySource(lab, raw.info.voxel_size)
-                        crops.append(
-                            (
-                                cname,
-                                build_sampler(
-                                    train_config,
-                                    raw,
-                                    source,
-                                    label_offset=crop.roi.offset,
-                                    pipeline=pipeline,
-                                ),
-                            )
-                        )
-                        used[d.region]["train_crops"].append(crop.name)
-                    else:  # validation regions, and curators' held-out crops of train regions
-                        volume = PreprocessedVolume(raw, pipeline)
-                        validation.append(EvalCrop(cname, volume, crop.roi, lab))
-                        used[d.region]["validation_crops"].append(crop.name)
-            sampler = CropSetSampler(crops, seed=train_config.seed)
-            exp_dir = storage.asset_dir("organelle_model", name)
-            key = fingerprint(
-                {
-                    "config": train_config.to_dict(),
-                    "data": {
-                        r: {k: v for k, v in u.items() if k != "role"} for r, u in used.items()
-                    },
-                    "init": init,
-                    "selection_points": config.selection_points,
-                }
-            )[:16]
-            staging = exp_dir / f".train-{key}"
-            context.log.info(
-                f"{name}: {len(crops)} training crops, {len(validation)} validation crops, "
-                f"{iterations} iterations, input {list(train_config.input_shape)}"
-            )
-            outcome = train_with_selection(
-                train_config,
-                sampler,
-                validation,
-                staging,
-                n_points=config.selection_points,
-                threads=config.threads or None,
-                log=context.log.info,
-            )
-        finally:
-            for r in readers:
-                r.close()
-
-        sha = sha256_file(outcome.checkpoint)
-        final_dir = exp_dir / sha[:16]
-        final_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = final_dir / "model.pt"
-        if not checkpoint.exists() or sha256_file(checkpoint) != sha:
-            tmp = final_dir / ".model.pt.tmp"
-            shutil.copyfile(outcome.checkpoint, tmp)
-            tmp.replace(checkpoint)
-        for extra in ("metrics.jsonl", "selection.json"):
-            if (staging / extra).exists():
-                shutil.copyfile(staging / extra, final_dir / extra)
-        model = UNet(train_config.unet)
-        final_loss = outcome.history[-1]["loss"] if outcome.history else float("nan")
-        selected = next((p for p in outcome.selection if p["step"] == outcome.selected_step), None)
-        metrics: dict[str, Any] = {
-            "final_loss": float(final_loss),
-            "selected_step": outcome.selected_step,
-            "validation_dice": selected["dice"] if selected else None,
-            "selection": outcome.selection,
-            "history": outcome.history,
-        }
-        if selected:
-            metrics["validation_dice_text"] = ", ".join(
-                f"{k} {v:.3f}" for k, v in selected["dice"].items()
-            )
-        ips = outcome.steps_this_run / max(outcome.train_seconds, 1e-9)
-        u = train_config.unet
-        card: dict[str, Any] = {
-            "experiment": name,
-            "description": exp.description,
-            "experiment_file": exp.source,
-            "experiment_spec": exp.to_dict(),
-            "classes": [c.to_dict() for c in train_config.classes],
-            "loss": train_config.loss,
-            "architecture": u.to_dict(),
-            "architecture_summary": f"{u.levels}-level U-Net, widths {list(u.widths)}, "
-            f"downsampling {[list(f) for f in u.downsample]}, {u.padding} padding",
-            "parameters": count_parameters(model),
-            "input_shape": list(train_config.input_shape),
-            "output_shape": list(train_config.output_shape),
-            "preprocessing": [dict(s) for s in train_config.preprocessing],
-            "optimizer": {"lr": train_config.lr, "betas": list(train_config.betas)},
-            "batch_size": train_config.batch_size,
-            "iterations": outcome.iterations,
-            "iterations_declared": exp.budget.iterations,
-            "selected_step": outcome.selected_step,
-            "initialization": {
-                **(init or {}),
-                "freeze_encoder": exp.initialization.freeze_encoder,
-                "summary": (
-                    f"from {init['experiment']} (sha256 {str(init['checkpoint_sha256'])[:12]}…)"
-                    if init
-                    else "scratch"
-                ),
+        trained = train_experiment(
+            exp,
+            train_config,
+            data,
+            storage.asset_dir("organelle_model", name),
+            init=init,
+            split_info={
+                "data_version": split_rec["data_version"],
+                "storage_id": split_rec["storage_id"],
+                "regions_by_role": by_role,
             },
-            "curator_intervention": exp.curator_intervention,
-            "compute": exp.compute,
-            "device": outcome.device,
-            "threads": outcome.threads,
-            "wall_time_s": outcome.wall_seconds,
-            "train_time_s": outcome.train_seconds,
-            "iterations_per_s": ips,
-            "resumed_from_step": outcome.resumed_from_step,
-            "regions_by_role": by_role,
-            "training_data": {
-                "split_data_version": split_rec["data_version"],
-                "split_storage_id": split_rec["storage_id"],
-                "variant": f"volume_{config.variant}",
-                "regions": used,
-                "sampler_data_versions": sampler.data_versions(),
-            },
-            "metrics": metrics,
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha,
-            "library_versions": train_module.library_versions(),
-            "created_at": datetime.now(UTC).isoformat(),
-            "dagster_run_id": context.run_id,
-        }
-        md = model_card_markdown(card)
-        atomic_write_json(final_dir / "model_card.json", card)
-        (final_dir / "model_card.md").write_text(md + "\n")
-        atomic_write_json(exp_dir / "current.json", {"checkpoint": str(checkpoint), "sha256": sha})
-        shutil.rmtree(staging, ignore_errors=True)
-        meta: dict[str, Any] = {
-            "dagster/uri": dg.MetadataValue.path(str(final_dir)),
-            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
-            "checkpoint_sha256": sha,
-            "model_card": dg.MetadataValue.md(md),
-            "model_card_file": dg.MetadataValue.path(str(final_dir / "model_card.json")),
-            "experiment": dg.MetadataValue.json(exp.to_dict()),
-            "architecture": dg.MetadataValue.json(u.to_dict()),
-            "parameters": card["parameters"],
-            "iterations": outcome.iterations,
-            "selected_step": outcome.selected_step,
-            "final_loss": float(final_loss),
-            "wall_time_s": float(outcome.wall_seconds),
-            "iterations_per_s": float(ips),
-            "device": outcome.device,
-            "train_regions": dg.MetadataValue.json(by_role["train"]),
-            "validation_regions": dg.MetadataValue.json(by_role["validation"]),
-            "test_regions": dg.MetadataValue.json(by_role["test"]),
-            "data_versions": dg.MetadataValue.json(
-                {
-                    "training_split": split_rec["data_version"],
-                    **{
-                        f"{r}:ground_truth_crops": v["ground_truth_data_version"]
-                        for r, v in used.items()
-                    },
-                    **{
-                        f"{r}:volume_{config.variant}": v["variant_data_version"]
-                        for r, v in used.items()
-                    },
-                    **(
-                        {f"init:organelle_model[{init['experiment']}]": init["data_version"]}
-                        if init
-                        else {}
-                    ),
-                }
-            ),
-        }
-        if selected:
-            for cls, value in selected["dice"].items():
-                meta[f"validation_dice_{cls}"] = float(value)
-        return dg.MaterializeResult(data_version=dg.DataVersion(sha), metadata=meta)
+            n_points=config.selection_points,
+            threads=config.threads or None,
+            log=context.log.info,
+            run_id=context.run_id,
+        )
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(trained.sha256),
+            metadata=model_metadata(trained.card, trained.markdown, config.variant),
+        )
 
     @dg.asset(
         name="predictions",
@@ -1014,23 +1270,10 @@ def build_training_assets(
             f"{region}: {result.blocks_computed}/{result.blocks_total} blocks computed in "
             f"{result.seconds:.1f} s ({result.voxels_per_s / 1e6:.2f} Mvox/s)"
         )
-        attrs = read_prediction_attrs(out)
-        present = [
-            c for c in plan.classes if (out / "predictions" / c / "s0" / "zarr.json").exists()
-        ]
-        complete = bool(attrs.get("complete")) and present == list(plan.classes)
-        roi = preview_roi(plan.volume_shape)
-        plane = read_plane(raw_path, roi)
-        classes = [ClassSpec.from_dict(c) for c in attrs["config"]["classes"]]
-        masks = [
-            (
-                read_container_roi(out, f"predictions/{c.name}", roi)[0] > UINT8_THRESHOLD,
-                class_color(c),
-            )
-            for c in classes
-        ]
-        png = preview_png(plane, _rgb_overlay(plane, masks))
-        legend = ", ".join(f"{c.name} rgb{class_color(c)}" for c in classes)
+        present = prediction_classes_present(out, plan.classes)
+        complete = bool(read_prediction_attrs(out).get("complete")) and present == list(
+            plan.classes
+        )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(plan.fingerprint),
             metadata={
@@ -1051,10 +1294,7 @@ def build_training_assets(
                 "seconds": float(result.seconds),
                 "voxels_per_s": float(result.voxels_per_s),
                 "plan": dg.MetadataValue.json(plan.to_dict()),
-                "preview": dg.MetadataValue.md(
-                    markdown_image(png, f"raw and predictions ({legend})")
-                    + f"\n\nmiddle slice z={roi.offset[0]}; {legend}"
-                ),
+                "preview": dg.MetadataValue.md(prediction_preview(raw_path, out)),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -1063,8 +1303,8 @@ def build_training_assets(
                     description=(
                         f"{result.blocks_total} blocks, {len(present)} class maps"
                         if complete
-                        else f"incomplete container: classes present {present} of "
-                        f"{list(plan.classes)}, complete flag {attrs.get('complete')}"
+                        else f"incomplete container: class maps present {present} of "
+                        f"{list(plan.classes)}"
                     ),
                     metadata={"blocks_total": result.blocks_total},
                 )
@@ -1077,7 +1317,9 @@ def build_training_assets(
         group_name=GROUP,
         owners=OWNERS,
         kinds={"zarr"},
-        code_version=code_version_of(connected_components_blockwise, score_masks),
+        code_version=code_version_of(
+            connected_components_blockwise, segment_predictions, score_against_crops, crop_overlaps
+        ),
         deps=[
             dg.AssetDep(PREDICTIONS),
             dg.AssetDep(GROUND_TRUTH),
@@ -1095,79 +1337,21 @@ def build_training_assets(
         region = context.partition_key
         pred = _predictions_record(context.instance, region, config.experiment)
         pred_path = Path(str(pred["metadata"]["dagster/uri"]))
-        attrs = read_prediction_attrs(pred_path)
-        if not attrs.get("complete"):
+        if not read_prediction_attrs(pred_path).get("complete"):
             raise dg.Failure(f"{pred_path}: predictions are incomplete; rematerialize them")
-        plan = attrs["plan"]
-        classes = [ClassSpec.from_dict(c) for c in attrs["config"]["classes"]]
-        shape = tuple(int(s) for s in plan["volume_shape"])
-        block = tuple(int(b) for b in plan["block_shape"])
         out = (
             storage.asset_dir("segmentation", region)
             / f"{config.experiment}-{str(pred['data_version'])[:12]}.zarr"
         )
-        fp = fingerprint({"predictions": pred["data_version"], "threshold": UINT8_THRESHOLD})
-        store = ArrayStore(
-            out, shape, block, plan["voxel_size_nm"], {"predictions": str(pred_path)}
-        )
-        counts: dict[str, int] = {}
-        for c in classes:
-
-            def foreground(roi: Roi, key: str = f"predictions/{c.name}") -> npt.NDArray[np.bool_]:
-                return read_container_roi(pred_path, key, roi) > UINT8_THRESHOLD
-
-            counts[c.name] = connected_components_blockwise(
-                foreground, store, c.name, block, default_ledger_dir(out), fp
-            )
-        store.set_attributes(
-            {
-                "complete": True,
-                "predictions": str(pred_path),
-                "experiment": config.experiment,
-                "classes": [c.to_dict() for c in classes],
-                "max_id": counts,
-                "threshold_uint8": UINT8_THRESHOLD,
-            }
-        )
-        shutil.rmtree(out / "fragments", ignore_errors=True)
-
+        seg = segment_predictions(pred_path, out, str(pred["data_version"]))
+        classes = seg.classes
         split = current_split(context.instance)
         role = split[0].get(region, "not in split") if split else "no split"
         revision = _revision_store(storage, region).current()
-        overlaps: dict[str, Overlap] = {}
-        rows = ["| crop | split | " + " | ".join(f"Dice {c.name}" for c in classes) + " |"]
-        rows.append("|---|---|" + "---|" * len(classes))
         raw_path = Path(str(pred["metadata"]["raw"]))
-        if revision is not None:
-            raw = open_volume(raw_path)
-            try:
-                for crop in revision.crops:
-                    truth = crop_labels(revision, crop, raw)
-                    per_crop: dict[str, Overlap] = {}
-                    for target in (overlaps, per_crop):
-                        score_masks(
-                            lambda cl, r=crop.roi: read_container_roi(
-                                out, f"instances/{cl.name}", r
-                            )
-                            > 0,
-                            truth,
-                            classes,
-                            target,
-                        )
-                    rows.append(
-                        f"| {crop.name} | {crop.split} | "
-                        + " | ".join(f"{per_crop[c.name].dice:.3f}" for c in classes)
-                        + " |"
-                    )
-            finally:
-                raw.close()
-        roi = preview_roi(shape)
-        plane = read_plane(raw_path, roi)
-        inst = read_container_roi(out, f"instances/{classes[0].name}", roi)[0]
-        overlay = _rgb_overlay(plane, [])
-        colors = instance_colors(inst)
-        overlay[inst > 0] = (0.5 * overlay[inst > 0] + 0.5 * colors[inst > 0]).astype(np.uint8)
-        png = preview_png(plane, overlay)
+        overlaps, table = (
+            score_against_crops(revision, raw_path, out, classes) if revision else ({}, "")
+        )
         meta: dict[str, Any] = {
             "dagster/uri": dg.MetadataValue.path(str(out)),
             "experiment": config.experiment,
@@ -1177,23 +1361,19 @@ def build_training_assets(
             "region_role": role,
             "test_region": role == "test",
             "arrays": dg.MetadataValue.json([f"instances/{c.name}/s0" for c in classes]),
-            "shape_zyx": dg.MetadataValue.json(list(shape)),
+            "shape_zyx": dg.MetadataValue.json(list(seg.shape)),
             "ground_truth_revision": revision.number if revision else -1,
             "ground_truth_data_version": revision.data_version if revision else "",
-            "preview": dg.MetadataValue.md(
-                markdown_image(png, f"{classes[0].name} instances")
-                + f"\n\n{classes[0].name} instances, middle slice z={roi.offset[0]}"
-            ),
+            "preview": dg.MetadataValue.md(instance_preview(raw_path, out, classes[0].name)),
         }
         for c in classes:
-            meta[f"instances_{c.name}"] = counts[c.name]
+            meta[f"instances_{c.name}"] = seg.counts[c.name]
         if revision is not None:
             for c in classes:
                 meta[f"dice_{c.name}"] = float(overlaps[c.name].dice)
                 meta[f"iou_{c.name}"] = float(overlaps[c.name].iou)
             meta["dice_by_crop"] = dg.MetadataValue.md(
-                f"Region role: **{role}** (only test regions give an unbiased score)\n\n"
-                + "\n".join(rows)
+                f"Region role: **{role}** (only test regions give an unbiased score)\n\n" + table
             )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(
