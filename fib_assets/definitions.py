@@ -2,7 +2,15 @@
 
 import dagster as dg
 
-from fib_assets.defs import acquisitions, benchmarks, formats, ground_truth, jobs, provenance
+from fib_assets.defs import (
+    acquisitions,
+    benchmarks,
+    formats,
+    ground_truth,
+    jobs,
+    provenance,
+    training,
+)
 from fib_assets.defs.deployment import deployment_profile, executor_for, resources_for
 from fib_assets.defs.ground_truth.resources import AnnotationsResource
 from fib_assets.defs.provenance.resources import FigshareResource
@@ -10,7 +18,14 @@ from fib_assets.defs.provenance.resources import FigshareResource
 # FIB_ASSETS_DEPLOYMENT=local (default: SQLite, disk, multiprocess) or k8s (pod per step, S3)
 PROFILE = deployment_profile()
 
-FAMILIES = [acquisitions.defs, formats.defs, ground_truth.defs, benchmarks.defs, provenance.defs]
+FAMILIES = [
+    acquisitions.defs,
+    formats.defs,
+    ground_truth.defs,
+    training.defs,
+    benchmarks.defs,
+    provenance.defs,
+]
 
 defs = dg.Definitions(
     # code references: the UI links every asset to the file and line that defines it

@@ -157,7 +157,13 @@ def materialize_region(
 
     graph = defs.resolve_asset_graph()
     keys = sorted(
-        (k for k in graph.materializable_asset_keys if graph.get(k).partitions_def == regions),
+        (
+            k
+            for k in graph.materializable_asset_keys
+            if graph.get(k).partitions_def == regions
+            # predictions need a trained model first: the training family runs after all regions
+            and graph.get(k).group_name != "training"
+        ),
         key=lambda k: k.to_user_string(),
     )
     selection_id = fingerprint([k.to_user_string() for k in keys])[:16]
@@ -189,7 +195,9 @@ def materialize_unpartitioned(defs: dg.Definitions, instance: dg.DagsterInstance
     keys = [
         k
         for k in graph.materializable_asset_keys
-        if graph.get(k).partitions_def is None and k.to_user_string() not in NOT_IN_DEMO
+        if graph.get(k).partitions_def is None
+        and k.to_user_string() not in NOT_IN_DEMO
+        and graph.get(k).group_name != "training"
     ]
     out = {}
     for key in sorted(keys, key=lambda k: k.to_user_string()):

@@ -25,7 +25,7 @@ region_pipeline_job = dg.define_asset_job(
     selection=dg.AssetSelection.all().materializable()
     # ground truth is driven by the annotations inbox sensor: a region without annotations yet
     # is not a failure of the nightly backfill
-    - dg.AssetSelection.groups("benchmarks", "provenance", "ground_truth"),
+    - dg.AssetSelection.groups("benchmarks", "provenance", "ground_truth", "training"),
     description="Every region-partitioned asset of one region (what the nightly backfill runs).",
 )
 
@@ -77,7 +77,7 @@ def nightly_region_backfill(
             k
             for k in graph.materializable_asset_keys
             if graph.get(k).partitions_def == regions
-            and graph.get(k).group_name not in ("ground_truth", "provenance")
+            and graph.get(k).group_name not in ("ground_truth", "provenance", "training")
         ]
         if graph is not None
         else []

@@ -135,27 +135,18 @@ def _wait_until_ready(ui: DagsterUI, proc: subprocess.Popen[bytes]) -> None:
     pytest.fail(f"dagster dev not ready after {SERVER_START_TIMEOUT_S}s:\n{ui.log_tail()}")
 
 
-def _stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 20) -> None:
-    """Stop the server's process group (its id is the server's pid: start_new_session=True):
-    SIGINT first (dagster dev shuts its webserver, daemon and code servers down), then
-    SIGKILL for whatever is left of that group (run workers included)."""
-    pgid = proc.pid
-    for sig, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGKILL:
-            break
-    # children can outlive the leader: end whatever still belongs to the group
+def _stop_process_group(proc: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """Stop ``dagster dev`` and everything it started. Its process group id is its pid
+    (start_new_session=True), so nothing outside the group is touched: SIGINT to dagster dev
+    (it stops webserver and daemon within seconds), then SIGKILL to what is left of the group
+    (its code servers otherwise linger until their heartbeat times out; run workers)."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait(timeout=10)
+        os.kill(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +162,8 @@ def dagster_ui(tmp_path_factory, tiny_sample) -> Iterator[DagsterUI]:
     data = base / "data"
     shutil.copytree(tiny_sample / "landing", data / "landing")
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in OUTPUT_DIR.glob("FAILED-*.png"):
+        stale.unlink()
     log_path = base / "dagster-dev.log"
 
     port = free_port()
@@ -279,6 +272,11 @@ def save_screenshot(page: Any, name: str, *, doc: bool = False, full_page: bool 
     300 KB. Returns the test-output path."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     out = OUTPUT_DIR / f"{name}.png"
+    # let charts and lazily loaded panels finish drawing (the UI polls every 2 s, so the
+    # network goes idle between polls)
+    with contextlib.suppress(Exception):
+        page.wait_for_load_state("networkidle", timeout=5_000)
+    page.wait_for_timeout(500)
     png = page.screenshot(full_page=full_page)
     out.write_bytes(png)
     if doc and os.environ.get("UPDATE_SCREENSHOTS") == "1":

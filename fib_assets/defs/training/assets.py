@@ -838,7 +838,7 @@ def score_against_crops(
     revision (pooled over crops; unannotated voxels not scored), and a markdown table per
     crop."""
     overlaps: dict[str, Overlap] = {}
-    rows = ["| crop | split | " + " | ".join(f"Dice {c.name}" for c in classes) + " |"]
+    rows = ["| crop | annotation split | " + " | ".join(f"Dice {c.name}" for c in classes) + " |"]
     rows.append("|---|---|" + "---|" * len(classes))
     raw = open_volume(raw_path)
     try:
