@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# the embedded instance of `make demo` / `make ui`; tests get a throw-away one of their own
+DEMO_HOME := $(CURDIR)/.dagster_home
 export FIB_ASSETS_DATA ?= $(CURDIR)/data
 
 .PHONY: install demo ui test lint typecheck pytest system-deps clean-demo
@@ -20,11 +21,11 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/fib-assets demo
+	DAGSTER_HOME=$(DEMO_HOME) $(BIN)/fib-assets demo
 
 ui: install
-	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	mkdir -p $(DEMO_HOME) && cp dagster.yaml $(DEMO_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DEMO_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Debian packages the tests need (installed only when missing; apt-get update once first).
 DEB_PACKAGES := postgresql chromium
@@ -40,7 +41,9 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install system-deps
-	$(BIN)/pytest
+	rm -rf test-output/dagster_home && mkdir -p test-output/dagster_home
+	DAGSTER_HOME=$(CURDIR)/test-output/dagster_home FIB_ASSETS_DATA=$(CURDIR)/test-output/data \
+		$(BIN)/pytest
 
 test: lint typecheck pytest
 

@@ -41,7 +41,7 @@ def _field(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.n
     ky = scipy.fft.fftfreq(shape[1])[None, :, None]
     kx = scipy.fft.rfftfreq(shape[2])[None, None, :]
     spectrum *= np.exp(-2 * (np.pi * sigma) ** 2 * (kz**2 + ky**2 + kx**2)).astype(np.float32)
-    field = scipy.fft.irfftn(spectrum, s=tuple(shape), workers=-1).astype(np.float32)
+    field: np.ndarray = scipy.fft.irfftn(spectrum, s=tuple(shape), workers=-1).astype(np.float32)
     field -= field.mean()
     field /= field.std()
     return field
@@ -58,7 +58,8 @@ def structure_table(
     cell = 165.0 + 8.0 * cells - 95.0 * membrane - 55.0 * organelle
     cell += rng.normal(0.0, noise, size=cell.shape).astype(np.float32)
     img = cell * (1.0 - resin) + 215.0 * resin
-    return np.clip(np.rint(img), 24, 231).astype(np.uint8)
+    table: np.ndarray = np.clip(np.rint(img), 24, 231).astype(np.uint8)
+    return table
 
 
 def noise_table(

@@ -34,6 +34,8 @@ def build_defs(
     declared: Mapping[str, Experiment],
     partitions_def: dg.StaticPartitionsDefinition | None = None,
 ) -> dg.Definitions:
+    """The family's assets and checks for ``declared`` experiments (their names become the
+    static partitions of organelle_model unless ``partitions_def`` is given)."""
     parts = partitions_def or experiments_partitions(declared)
     return dg.Definitions(
         assets=build_training_assets(declared, parts),
@@ -76,6 +78,7 @@ defs = build_defs(DECLARED, experiments)
 
 __all__ = [
     "DECLARED",
+    "DEMO_EXPERIMENTS_ENV",
     "DEFAULT_EXPERIMENT",
     "EXPERIMENTS_DIR",
     "EXPERIMENTS_ENV",
