@@ -49,6 +49,9 @@ RUN mkdir fib_assets && touch fib_assets/__init__.py \
 
 FROM deps-cpu AS cpu
 COPY fib_assets ./fib_assets
+# experiment files are the static partitions of organelle_model (read at import)
+COPY experiments ./experiments
+ENV FIB_ASSETS_EXPERIMENTS=/opt/fib_assets/experiments
 RUN pip install --no-deps . && python -c "import fib_assets.definitions"
 USER fib
 EXPOSE 3030
@@ -56,6 +59,9 @@ CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "3030", "-m", "fib_assets.
 
 FROM deps-cuda AS cuda
 COPY fib_assets ./fib_assets
+# experiment files are the static partitions of organelle_model (read at import)
+COPY experiments ./experiments
+ENV FIB_ASSETS_EXPERIMENTS=/opt/fib_assets/experiments
 RUN pip install --no-deps . && python -c "import fib_assets.definitions"
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

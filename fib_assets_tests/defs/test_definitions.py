@@ -55,7 +55,10 @@ def test_asset_graph_matches_snapshot():
 
 
 def test_definitions_load_with_all_resources():
-    dg.Definitions.validate_loadable(defs)
+    # a fresh instance: loading consults the current instance, and a test elsewhere
+    # in the suite can leave a stale one behind
+    with dg.instance_for_test():
+        dg.Definitions.validate_loadable(defs)
 
 
 def test_dagster_cli_validates_the_workspace():

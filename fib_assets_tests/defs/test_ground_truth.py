@@ -121,7 +121,10 @@ def _rewrite(path: Path, change) -> None:
 
 
 def test_definitions_wire_the_family():
-    dg.Definitions.validate_loadable(_defs())
+    # a fresh instance: loading consults the current instance, and a test elsewhere
+    # in the suite can leave a stale one behind
+    with dg.instance_for_test():
+        dg.Definitions.validate_loadable(_defs())
     spec = next(s for s in ground_truth_crops.specs if s.key == ground_truth_crops.key)
     assert spec.group_name == "ground_truth" and spec.owners == ["team:curation"]
     assert {"zarr", "n5"} <= set(spec.kinds)

@@ -136,12 +136,15 @@ def _infer(experiment: str, ops=("predictions", "segmentation")) -> dict:
 
 
 def test_definitions_describe_the_family():
-    dg.Definitions.validate_loadable(
-        dg.Definitions(
-            assets=_assets(training_defs),
-            resources=dict(project_defs.resources or {}),
+    # a fresh instance: loading consults the current instance, and a test elsewhere
+    # in the suite can leave a stale one behind
+    with dg.instance_for_test():
+        dg.Definitions.validate_loadable(
+            dg.Definitions(
+                assets=_assets(training_defs),
+                resources=dict(project_defs.resources or {}),
+            )
         )
-    )
     assets = {a.key.to_user_string(): a for a in training_defs.assets}
     assert set(assets) == TRAINING_KEYS
     for key, a in assets.items():
