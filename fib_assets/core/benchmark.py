@@ -237,38 +237,24 @@ def validate_table(df: pd.DataFrame, expected_rows: int) -> dict[str, Any]:
 
     Returns ``{"success", "evaluated", "failed": [expectation types]}``.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network from the check
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from fib_assets.core.tables import gx_expectations, run_suite
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas("format_benchmark")
-    asset = source.add_dataframe_asset("table")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
-        batch_parameters={"dataframe": df}
+    e = gx_expectations()
+    return run_suite(
+        df,
+        "format_benchmark",
+        [
+            e.ExpectTableColumnsToMatchSet(column_set=BENCHMARK_COLUMNS, exact_match=True),
+            e.ExpectTableRowCountToEqual(value=expected_rows),
+            e.ExpectCompoundColumnsToBeUnique(column_list=["region", "format", "access_pattern"]),
+            e.ExpectColumnValuesToBeBetween(column="median_s", min_value=0, strict_min=True),
+            e.ExpectColumnValuesToBeBetween(column="iqr_s", min_value=0),
+            e.ExpectColumnValuesToBeBetween(column="mib_per_s", min_value=0, strict_min=True),
+            e.ExpectColumnValuesToBeBetween(column="bytes_on_disk", min_value=1),
+            e.ExpectColumnValuesToBeInSet(
+                column="access_pattern", value_set=[*ACCESS_PATTERNS, "write"]
+            ),
+            e.ExpectColumnValuesToBeInSet(column="cache", value_set=["cold", "warm", "n/a"]),
+            e.ExpectColumnValuesToNotBeNull(column="region"),
+        ],
     )
-    e: Any = gx.expectations  # GX does not re-export its expectation classes for mypy
-    suite = gx.ExpectationSuite(name="format_benchmark")
-    for exp in [
-        e.ExpectTableColumnsToMatchSet(column_set=BENCHMARK_COLUMNS, exact_match=True),
-        e.ExpectTableRowCountToEqual(value=expected_rows),
-        e.ExpectCompoundColumnsToBeUnique(column_list=["region", "format", "access_pattern"]),
-        e.ExpectColumnValuesToBeBetween(column="median_s", min_value=0, strict_min=True),
-        e.ExpectColumnValuesToBeBetween(column="iqr_s", min_value=0),
-        e.ExpectColumnValuesToBeBetween(column="mib_per_s", min_value=0, strict_min=True),
-        e.ExpectColumnValuesToBeBetween(column="bytes_on_disk", min_value=1),
-        e.ExpectColumnValuesToBeInSet(
-            column="access_pattern", value_set=[*ACCESS_PATTERNS, "write"]
-        ),
-        e.ExpectColumnValuesToBeInSet(column="cache", value_set=["cold", "warm", "n/a"]),
-        e.ExpectColumnValuesToNotBeNull(column="region"),
-    ]:
-        suite.add_expectation(exp)
-    result = batch.validate(suite)
-    failed = [
-        r.expectation_config.type
-        for r in result.results
-        if not r.success and r.expectation_config is not None
-    ]
-    return {"success": bool(result.success), "evaluated": len(result.results), "failed": failed}
