@@ -25,21 +25,19 @@ centres move by (f-1)/2 of a voxel at each mean-downsampling level).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import itertools
 import json
 import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c  # zarr's own dependency (its crc32c codec)
 import numpy as np
 import tensorstore as ts
 import zarr
@@ -49,17 +47,34 @@ from zarr.codecs import ZstdCodec
 from fib_assets.core import storage
 from fib_assets.core.blockwise import BlockLedger
 from fib_assets.core.formats.base import (
+    BaseReader,
     CorruptChunkError,
     FormatError,
+    Verify,
     VolumeInfo,
     VolumeSource,
     WritePlan,
     WriteResult,
-    check_roi,
+    blocks_in_flight,
+    bound_allocator_retention,
+    check_level,
+    check_levels,
+    check_source,
+    check_suffix,
+    check_verify,
+    chunk_indices,
+    clip_triple,
+    cores,
+    fsync_one,
     ledger_dir,
+    library_versions,
     plan_fingerprint,
+    positive_triple,
     publish,
+    read_block,
+    sha256_array,
     staging_path,
+    tiles,
 )
 from fib_assets.core.geometry import Block, BlockPlan, Roi, VoxelSize
 
@@ -211,26 +226,19 @@ FORMAT = "zarr"
 DEFAULT_CHUNKS = (64, 64, 64)
 SHARD_FACTOR = 4  # default shard edge = 4 chunks per axis (64 chunks per shard)
 # blocks in flight: tensorstore encodes one shard per thread, so about one block per core is
-# being encoded and committed while the oldest one is read back, verified and marked done
-PIPELINE_DEPTH = (os.cpu_count() or 1) + 1
+# being encoded and committed while the next one is read from the source and the oldest one
+# is fsynced, checked and marked done (fewer when the plan's memory budget says so)
+PIPELINE_DEPTH = cores() + 1
+#: resident blocks per block in flight (tensorstore's staged copy + its encoded shard) and
+#: besides them (the block being read from the source, and the one being hashed)
+IN_FLIGHT_BLOCKS, FIXED_BLOCKS = 1.5, 2.0
 FSYNC_THREADS = 8
 _NM_PER_UNIT = {"nanometer": 1.0, "micrometer": 1000.0, "angstrom": 0.1}
-
-
-def _positive_triple(name: str, value: Sequence[int]) -> tuple[int, int, int]:
-    v = tuple(int(x) for x in value)
-    if len(v) != 3 or any(x <= 0 for x in v):
-        raise ValueError(f"{name} must be 3 positive voxel counts (z, y, x), got {list(value)!r}")
-    return (v[0], v[1], v[2])
+_NO_CHUNK = 2**64 - 1  # shard index entry of a chunk that is not stored
 
 
 def _round_up(n: int, unit: int) -> int:
     return -(-n // unit) * unit
-
-
-def _tiles(block: Sequence[int], unit: Sequence[int], shape: Sequence[int]) -> bool:
-    """Whether ``block`` is a whole number of ``unit`` on every axis (or covers the axis)."""
-    return all(b >= s or b % u == 0 for b, u, s in zip(block, unit, shape, strict=True))
 
 
 def _shard_shape(
@@ -245,7 +253,7 @@ def level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, int, int]
     """Shapes (z, y, x) of pyramid levels s0..s{levels-1}; each is ceil(previous / 2)."""
     if levels < 1:
         raise ValueError(f"levels must be at least 1, got {levels}")
-    out = [_positive_triple("shape", shape)]
+    out = [positive_triple("shape", shape)]
     while len(out) < levels:
         out.append((-(-out[-1][0] // 2), -(-out[-1][1] // 2), -(-out[-1][2] // 2)))
     return out
@@ -294,6 +302,8 @@ def plan_write(
     shards: Sequence[int] | None = None,
     levels: int = 1,
     compression_level: int = 3,
+    verify: Verify = "structure",
+    memory_budget: int | None = None,
 ) -> WritePlan:
     """Describe an OME-Zarr variant of ``source`` at ``path`` (must end in ``.ome.zarr``).
 
@@ -303,34 +313,42 @@ def plan_write(
     is the unit of work, memory and resumption; it must be a whole number of shards per axis
     so no shard is ever written twice — when only ``block_shape`` is given and the default
     shards do not tile it, the shards become the blocks. ``levels`` > 1 adds mean-downsampled
-    (2x per axis) levels s1.. written from the level below. Pure: touches no file.
+    (2x per axis) levels s1.. written from the level below.
+
+    ``verify="structure"`` (default) marks a block done once its shards are fsynced and
+    every shard's index passes its crc32c and lists every chunk inside the file (no decode:
+    each chunk carries a zstd frame checksum that readers check); ``"data"`` also reads the
+    block back and compares its sha256. ``memory_budget`` (bytes) bounds the blocks in
+    flight (see :func:`write_volume`). Pure: touches no file.
     """
-    if not str(path).rstrip("/").endswith(SUFFIX):
-        raise ValueError(f"{path}: an OME-Zarr variant path must end in {SUFFIX!r}")
-    shape = _positive_triple("source shape", source.shape)
-    want = _positive_triple("chunks", chunks or source.chunks or DEFAULT_CHUNKS)
-    c = (min(want[0], shape[0]), min(want[1], shape[1]), min(want[2], shape[2]))
-    block = _positive_triple("block_shape", block_shape) if block_shape is not None else None
+    check_suffix(path, SUFFIX, "an OME-Zarr variant")
+    shape = positive_triple("source shape", source.shape)
+    want = positive_triple("chunks", chunks or source.chunks or DEFAULT_CHUNKS)
+    c = clip_triple(want, shape)
+    block = positive_triple("block_shape", block_shape) if block_shape is not None else None
     if shards is not None:
-        given = _positive_triple("shards", shards)
+        given = positive_triple("shards", shards)
         if any(g % w for g, w in zip(given, want, strict=True)):
             raise ValueError(f"shards {list(given)} must be whole numbers of chunks {list(want)}")
         sh = _shard_shape(given, shape, c)
     else:
         sh = _shard_shape([SHARD_FACTOR * x for x in c], shape, c)
-        if block is not None and not _tiles(block, sh, shape):
+        if block is not None and not tiles(block, sh, shape):
             sh = _shard_shape(block, shape, c)
     if block is None:
         block = sh
-    if not _tiles(block, sh, shape):
+    if not tiles(block, sh, shape):
         raise ValueError(
             f"block_shape {list(block)} must be a whole number of shards {list(sh)} per axis "
             f"(shards are whole numbers of chunks {list(c)}), so that no shard is written twice"
         )
-    if not isinstance(levels, int) or levels < 1:
-        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
-    if not isinstance(compression_level, int) or not -7 <= compression_level <= 22:
-        raise ValueError(f"zstd compression_level must be in -7..22, got {compression_level!r}")
+    check_levels(levels)
+    check_level("zstd", compression_level, -7, 22)
+    check_verify(path, verify)
+    if memory_budget is not None and (not isinstance(memory_budget, int) or memory_budget <= 0):
+        raise ValueError(
+            f"{path}: memory_budget must be a positive byte count, got {memory_budget!r}"
+        )
     np.dtype(source.dtype)  # raises TypeError naming an unknown dtype
     return WritePlan(
         format=FORMAT,
@@ -345,6 +363,8 @@ def plan_write(
             "compression_level": compression_level,
             "zstd_checksum": True,
             "engine": "tensorstore",
+            "verify": verify,
+            "memory_budget": memory_budget,
         },
     )
 
@@ -400,30 +420,7 @@ def _group_json(attributes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _library_versions() -> dict[str, str]:
-    out = {}
-    for package in ("tensorstore", "zarr", "numpy"):
-        with suppress(importlib.metadata.PackageNotFoundError):
-            out[package] = importlib.metadata.version(package)
-    return out
-
-
-def _source_block(read: Callable[[Roi], np.ndarray], roi: Roi, dtype: str) -> np.ndarray:
-    data = np.ascontiguousarray(read(roi))
-    if data.shape != roi.shape or data.dtype != np.dtype(dtype):
-        raise ValueError(
-            f"source returned {data.dtype} {list(data.shape)} for ROI {roi.to_dict()}, "
-            f"expected {dtype} {list(roi.shape)}"
-        )
-    return data
-
-
-def _check_source(plan: WritePlan, source: VolumeSource) -> None:
-    info = source.info
-    if tuple(info.shape) != tuple(plan.source.shape) or info.dtype != plan.source.dtype:
-        raise ValueError(
-            f"{plan.path}: the plan is for a {plan.source.dtype} {list(plan.source.shape)} "
-            f"volume, the source is {info.dtype} {list(info.shape)}"
-        )
+    return library_versions("tensorstore", "zarr", "numpy")
 
 
 def downsample_roi(
@@ -457,28 +454,73 @@ def downsample_roi(
     return out
 
 
-def _shard_files(array_dir: Path, roi: Roi, shards: Sequence[int]) -> list[Path]:
-    """Files (default chunk keys ``c/<z>/<y>/<x>``) of the shards that ``roi`` covers."""
-    ranges = [
-        range(o // s, -(-e // s)) for o, e, s in zip(roi.offset, roi.end, shards, strict=True)
-    ]
-    return [array_dir.joinpath("c", *(str(i) for i in idx)) for idx in itertools.product(*ranges)]
+def _shard_file(array_dir: str, shard: Sequence[int]) -> str:
+    """Location of shard ``shard`` (grid index z, y, x; default chunk keys ``c/<z>/<y>/<x>``)."""
+    return storage.join(array_dir, "c", *(str(i) for i in shard))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _read_tail(location: str, nbytes: int) -> tuple[int, bytes]:
+    """(size, last ``nbytes`` bytes) of a file or object (range read on object stores)."""
+    if not storage.is_remote(location):
+        fd = os.open(location, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            return size, os.pread(fd, nbytes, max(0, size - nbytes))
+        finally:
+            os.close(fd)
+    fs, path = storage.filesystem(location)
+    size = int(fs.size(path))
+    return size, bytes(fs.cat_file(path, start=max(0, size - nbytes), end=size))
+
+
+def check_shard(location: str, shard: Sequence[int], level: _Level) -> None:
+    """Structural check of one written shard, without decoding a chunk: its index (at the
+    end, ``index_location: end``) passes its crc32c and lists every chunk of the shard that
+    lies inside the array, each inside the file. :class:`CorruptChunkError` names the shard
+    file and the (first) offending chunk."""
+    per_shard = [s // c for s, c in zip(level.shards, level.chunks, strict=True)]
+    first = tuple(i * n for i, n in zip(shard, per_shard, strict=True))
+    index_bytes = 16 * math.prod(per_shard) + 4
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        size, tail = _read_tail(location, index_bytes)
+    except FileNotFoundError:
+        raise CorruptChunkError(location, first, "shard file is missing after writing") from None
+    if size < index_bytes:
+        raise CorruptChunkError(location, first, f"shard of {size} bytes has no full index")
+    index, crc = tail[:-4], int.from_bytes(tail[-4:], "little")
+    if google_crc32c.value(index) != crc:
+        raise CorruptChunkError(location, first, "shard index fails its crc32c checksum")
+    entries = np.frombuffer(index, dtype="<u8").reshape(*per_shard, 2)
+    offsets, lengths = entries[..., 0], entries[..., 1]
+    # chunks whose origin lies inside the array (edge shards hold fewer)
+    inside = np.ones(per_shard, dtype=bool)
+    for axis, (s, n, c, extent) in enumerate(
+        zip(shard, per_shard, level.chunks, level.shape, strict=True)
+    ):
+        origin = s * n * c + np.arange(n) * c
+        shape = [1, 1, 1]
+        shape[axis] = n
+        inside &= (origin < extent).reshape(shape)
+    stored = offsets != _NO_CHUNK
+    bad = inside & ~stored
+    data_end = size - index_bytes
+    bad |= stored & ((lengths == 0) | (offsets + lengths > data_end))
+    if bad.any():
+        local = [int(i) for i in np.argwhere(bad)[0]]
+        chunk = tuple(f + i for f, i in zip(first, local, strict=True))
+        what = "missing" if not stored[tuple(local)] else "outside the shard's data"
+        raise CorruptChunkError(location, chunk, f"chunk is {what} in the shard index")
+
+
+def _shard_indices(roi: Roi, shards: Sequence[int]) -> list[tuple[int, int, int]]:
+    return list(chunk_indices(roi, shards))
 
 
 @dataclass(frozen=True)
 class _InFlight:
     block: Block
-    data: np.ndarray
     commit: Any  # tensorstore Future of the block's transaction commit
-    sha256: str
+    sha256: Future[str]  # of the block's source voxels, computed in a helper thread
 
 
 def _downsampling_reader(below: _Level, below_store: Any) -> Callable[[Roi], np.ndarray]:
@@ -502,32 +544,45 @@ def _write_blocks(
     level: _Level,
     dtype: str,
     array_dir: str,
+    verify: str,
+    depth: int,
     io_pool: Executor,
+    hasher: Executor,
     progress: bool,
     desc: str,
 ) -> dict[str, dict[str, Any]]:
     """Write every block not yet done, each as its own tensorstore transaction (whole shards,
-    so no shard is read back and rewritten), and mark it done only after it was read back from
-    disk and compared with the source voxels. Pipelined (see ``PIPELINE_DEPTH``); when a block
-    or the source fails, the blocks already handed to tensorstore are still finished (verified
-    and marked) before the error propagates, so a rerun redoes only what really is missing."""
+    so no shard is read back and rewritten), and mark it done only after its shard files are
+    durable (fsynced locally; a finished PUT on S3) and checked (:func:`check_shard`; with
+    ``verify="data"`` also read back and compared by sha256). Pipelined, ``depth`` blocks in
+    flight; the source voxels are not kept once tensorstore has staged them. When a block or
+    the source fails, the blocks already handed to tensorstore are still finished (checked and
+    marked) before the error propagates, so a rerun redoes only what really is missing."""
     results: dict[str, dict[str, Any]] = {}
     in_flight: deque[_InFlight] = deque()
+    remote = storage.is_remote(array_dir)
 
     def finish(item: _InFlight) -> None:
         item.commit.result()
         roi = item.block.write_roi
+        shards = _shard_indices(roi, level.shards)
+        files = [_shard_file(array_dir, s) for s in shards]
         synced = []
-        if not storage.is_remote(array_dir):
-            shards = _shard_files(Path(array_dir), roi, level.shards)
-            synced = [io_pool.submit(_fsync, p) for p in [*shards, *{p.parent for p in shards}]]
-        back = store[roi.to_slices()].read().result()
+        if not remote:
+            paths = [Path(f) for f in files]
+            synced = [io_pool.submit(fsync_one, p) for p in [*paths, *{p.parent for p in paths}]]
+        for shard, f in zip(shards, files, strict=True):
+            check_shard(f, shard, level)
+        digest = item.sha256.result()
+        if verify == "data":
+            back = np.asarray(store[roi.to_slices()].read().result())
+            if sha256_array(back) != digest:
+                first = tuple(o // c for o, c in zip(roi.offset, level.chunks, strict=True))
+                raise CorruptChunkError(array_dir, first, "block read back after writing differs")
+            del back
         for s in synced:
             s.result()
-        if not np.array_equal(back, item.data):
-            first = tuple(o // c for o, c in zip(roi.offset, level.chunks, strict=True))
-            raise CorruptChunkError(array_dir, first, "block read back after writing differs")
-        info = {"sha256": item.sha256}
+        info = {"sha256": digest}
         ledger.mark_done(item.block.block_id, info)
         results[item.block.block_id] = {"block_id": item.block.block_id, **info}
 
@@ -536,13 +591,13 @@ def _write_blocks(
             if ledger.is_done(block.block_id):
                 results[block.block_id] = ledger.info(block.block_id)
                 continue
-            data = _source_block(read, block.write_roi, dtype)
+            data = read_block(read, block, np.dtype(dtype), array_dir)
+            digest = hasher.submit(sha256_array, data)  # hashlib releases the GIL
             txn = ts.Transaction()
             store.with_transaction(txn)[block.write_roi.to_slices()].write(data).result()
-            commit = txn.commit_async()
-            digest = hashlib.sha256(data.data).hexdigest()  # while tensorstore encodes the block
-            in_flight.append(_InFlight(block, data, commit, digest))
-            while len(in_flight) >= PIPELINE_DEPTH:
+            del data  # staged by tensorstore (the hasher keeps it until hashed)
+            in_flight.append(_InFlight(block, txn.commit_async(), digest))
+            while len(in_flight) >= depth:
                 finish(in_flight.popleft())
         while in_flight:
             finish(in_flight.popleft())
@@ -554,19 +609,35 @@ def _write_blocks(
     return results
 
 
+def peak_blocks(plan: WritePlan) -> float:
+    """Resident blocks (of ``plan.block_shape``) a write of ``plan`` holds at its peak."""
+    return FIXED_BLOCKS + IN_FLIGHT_BLOCKS * _depth(plan)
+
+
+def _depth(plan: WritePlan) -> int:
+    block_bytes = math.prod(plan.block_shape) * np.dtype(plan.source.dtype).itemsize
+    budget = plan.options.get("memory_budget")
+    if budget is not None:
+        budget = int(budget) - int(FIXED_BLOCKS * block_bytes)
+    return blocks_in_flight(block_bytes, budget, IN_FLIGHT_BLOCKS, PIPELINE_DEPTH)
+
+
 def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = False) -> WriteResult:
     """Write ``source`` (z, y, x) as planned, blockwise with tensorstore, and publish it.
 
-    Peak memory is about ``2 * PIPELINE_DEPTH + 1`` blocks (each block in flight is held here
-    and staged by tensorstore, plus one read back). Each block is one transaction over whole
+    Peak memory is about :func:`peak_blocks` blocks: ``FIXED_BLOCKS`` (the block being read
+    and the one being hashed) plus ``IN_FLIGHT_BLOCKS`` per block in flight (tensorstore's
+    staged copy and encoded shard); ``PIPELINE_DEPTH`` blocks are in flight, fewer when the
+    plan's ``memory_budget`` would be exceeded. Each block is one transaction over whole
     shards; its done marker (``ledger_dir(plan)``) is written only after its shard files were
-    fsynced and the block was read back and verified, so a rerun of the same plan resumes in
-    the same staging directory. Levels s1.. are computed from the verified level below. The
+    fsynced and checked (``verify``, see :func:`plan_write`), so a rerun of the same plan
+    resumes in the same staging directory. Levels s1.. are computed from the level below. The
     container appears at ``plan.path`` only when complete; ``block_checksums`` are sha256 of
     each s0 block's C-order bytes (keyed by block id; ``s<n>/<block id>`` for further levels).
     """
     t0 = time.perf_counter()
-    _check_source(plan, source)
+    check_source(plan, source)
+    bound_allocator_retention()
     final = storage.normalize(plan.path)
     remote = storage.is_remote(final)
     # S3 has no rename: the variant is built under its final key and published by its
@@ -593,7 +664,12 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
 
     checksums: dict[str, str] = {}
     previous: tuple[_Level, Any] | None = None
-    with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as io_pool:
+    verify = str(plan.options.get("verify", "structure"))
+    depth = _depth(plan)
+    with (
+        ThreadPoolExecutor(max_workers=FSYNC_THREADS) as io_pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="fib-assets-sha") as hasher,
+    ):
         for level, ledger in zip(levels, ledgers, strict=True):
             array_dir = storage.join(staging, level.path)
             spec = _array_spec(array_dir, level, dtype, plan.options["compression_level"])
@@ -607,7 +683,10 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 level=level,
                 dtype=dtype,
                 array_dir=array_dir,
+                verify=verify,
+                depth=depth,
                 io_pool=io_pool,
+                hasher=hasher,
                 progress=progress,
                 desc=f"{name} {level.path}",
             )
@@ -671,15 +750,6 @@ def _ledger_location(plan: WritePlan) -> str:
     return storage.join(storage.parent(plan.path), f".{storage.name(plan.path)}.blocks")
 
 
-def _chunk_indices(roi: Roi, chunks: Sequence[int]) -> Iterator[tuple[int, int, int]]:
-    """Chunk-grid indices (z, y, x) of the chunks ``roi`` touches, in C order."""
-    ranges = [
-        range(o // c, -(-e // c)) for o, e, c in zip(roi.offset, roi.end, chunks, strict=True)
-    ]
-    for idx in itertools.product(*ranges):
-        yield (idx[0], idx[1], idx[2])
-
-
 def _grid_shape(value: Sequence[int | None] | None, shape: Sequence[int]) -> tuple[int, int, int]:
     """A chunk-layout shape from tensorstore (None: unconstrained, i.e. the whole axis)."""
     v = [int(c) if c else s for c, s in zip(value or (None,) * 3, shape, strict=True)]
@@ -704,7 +774,7 @@ def _first_level(attrs: dict[str, Any]) -> tuple[str, tuple[float, float, float]
     return str(dataset["path"]), (nm[0], nm[1], nm[2])
 
 
-class OmeZarrVolume:
+class OmeZarrVolume(BaseReader):
     """Level s0 of a single-image OME-Zarr container, read with tensorstore.
 
     tensorstore rather than zarr-python: it is the engine the variant is written with and
@@ -760,15 +830,6 @@ class OmeZarrVolume:
             VoxelSize(nm[0], nm[1], nm[2]),
             (self._chunks[0], self._chunks[1], self._chunks[2]),
         )
-        self._closed = False
-
-    @property
-    def info(self) -> VolumeInfo:
-        return self._info
-
-    @property
-    def path(self) -> str:
-        return self._path
 
     def _shard_file(self, chunk: Sequence[int]) -> str:
         shard = [i * c // s for i, c, s in zip(chunk, self._chunks, self._shards, strict=True)]
@@ -777,9 +838,7 @@ class OmeZarrVolume:
 
     def read(self, roi: Roi) -> np.ndarray:
         """Voxels of ``roi`` (z, y, x); decodes only the chunks it touches."""
-        if self._closed:
-            raise ValueError(f"{self._path}: volume is closed")
-        check_roi(self._path, self._info.shape, roi)
+        self._check_open(roi)
         try:
             return np.asarray(self._store[roi.to_slices()].read().result())
         except ValueError as err:
@@ -787,7 +846,7 @@ class OmeZarrVolume:
 
     def _locate(self, roi: Roi, err: Exception) -> CorruptChunkError:
         """Find the first failing chunk of ``roi`` by reading chunk by chunk (error path only)."""
-        for chunk in _chunk_indices(roi, self._chunks):
+        for chunk in chunk_indices(roi, self._chunks):
             box = Roi(
                 (
                     chunk[0] * self._chunks[0],
@@ -800,17 +859,8 @@ class OmeZarrVolume:
                 self._store[box.to_slices()].read().result()
             except ValueError as chunk_err:
                 return CorruptChunkError(self._shard_file(chunk), chunk, str(chunk_err))
-        first = next(_chunk_indices(roi, self._chunks))
+        first = next(chunk_indices(roi, self._chunks))
         return CorruptChunkError(self._array_path, first, str(err))
-
-    def close(self) -> None:
-        self._closed = True
-
-    def __enter__(self) -> OmeZarrVolume:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_volume(path: str | Path) -> OmeZarrVolume:

@@ -181,3 +181,57 @@ def test_plan_validation(tmp_path):
         n5_format.plan_write(target, info, compression="zstd")
     with pytest.raises(ValueError, match=".n5"):
         n5_format.plan_write(tmp_path / "v.zarr", info)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "raw"])
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("truncate", "payload holds|bytes on disk"),
+        ("header", "header size"),
+        ("missing", "missing"),
+    ],
+)
+def test_structural_chunk_check_without_decoding(tmp_path, compression, damage, problem):
+    data = em_like((13, 29, 35), "uint16", seed=12)
+    res = _write(tmp_path, data, compression=compression)
+    assert res.plan.options["verify"] == "structure"
+    s0 = Path(res.path) / "volumes" / "raw" / "s0"
+    ds = n5_format.N5Dataset(s0, _attrs(s0))
+    for chunk in [(0, 0, 0), (1, 3, 4)]:  # an inner and the (truncated) far-corner chunk
+        ds.check_chunk_file(chunk)
+    f = ds.chunk_file((1, 0, 2))
+    raw = f.read_bytes()
+    if damage == "truncate":
+        f.write_bytes(raw[: len(raw) - 7])
+    elif damage == "header":
+        f.write_bytes(raw[:4] + struct.pack(">I", 3) + raw[8:])  # size x 3 instead of 8
+    else:
+        f.unlink()
+    with pytest.raises(CorruptChunkError, match=problem) as err:
+        ds.check_chunk_file((1, 0, 2))
+    assert err.value.path == str(f) and err.value.chunk_index == (1, 0, 2)
+    if damage != "header":  # the size the writer wrote is checked first
+        with pytest.raises(CorruptChunkError, match="bytes on disk|missing"):
+            ds.check_chunk_file((1, 0, 2), size=len(raw))
+
+
+def test_verify_data_decodes_every_chunk_and_write_keeps_only_chunks_in_flight(
+    tmp_path, monkeypatch
+):
+    data = em_like((16, 16, 16), "uint8", seed=13)
+    decoded = []
+    real = n5_format.N5Dataset.read_chunk
+
+    def counting(self, chunk):
+        decoded.append(chunk)
+        return real(self, chunk)
+
+    monkeypatch.setattr(n5_format.N5Dataset, "read_chunk", counting)
+    _write(tmp_path, data, name="structure")
+    assert decoded == []  # the default check decodes nothing
+    res = _write(tmp_path, data, name="data", verify="data")
+    assert sorted(decoded) == sorted(np.ndindex(2, 2, 2))
+    np.testing.assert_array_equal(_ts_read(Path(res.path) / "volumes" / "raw" / "s0"), data)
+    with pytest.raises(ValueError, match="verify"):
+        _write(tmp_path, data, name="bad", verify="yes")

@@ -215,3 +215,112 @@ def test_open_reports_layout_and_voxel_size(tmp_path):
     (Path(res.path) / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
     with pytest.raises(ValueError, match="multiscales"):
         zarr_format.open_volume(res.path)
+
+
+# --- structural verification of written shards (verify="structure", the default) ----------
+
+
+def _level_s0(res) -> object:
+    return zarr_format._levels(res.plan)[0]
+
+
+def test_written_shards_pass_the_structural_check_edge_shards_included(tmp_path):
+    data = em_like((13, 29, 35), "uint8", seed=8)
+    res = _write(tmp_path, data, shards=(8, 16, 16))
+    level = _level_s0(res)
+    assert res.plan.options["verify"] == "structure"
+    for shard in ((0, 0, 0), (1, 1, 2)):  # an inner and the far-corner (partial) shard
+        f = Path(res.path) / "s0" / "c" / "/".join(map(str, shard))
+        zarr_format.check_shard(str(f), shard, level)
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem", "chunk"),
+    [
+        ("unlink", "missing", (0, 0, 0)),
+        ("flip_index", "crc32c", (0, 0, 0)),
+        ("drop_entry", "missing in the shard index", (1, 0, 1)),
+        ("past_end", "outside the shard's data", (0, 1, 0)),
+    ],
+)
+def test_structural_check_names_shard_and_chunk(tmp_path, damage, problem, chunk):
+    import struct
+
+    import google_crc32c
+
+    res = _write(tmp_path, em_like((16, 16, 16), "uint8", seed=9))
+    shard = Path(res.path) / "s0" / "c" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    index = _shard_index(shard, 8).copy()
+    if damage == "unlink":
+        shard.unlink()
+    elif damage == "flip_index":
+        raw[-10] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    else:
+        if damage == "drop_entry":
+            index[5] = 2**64 - 1
+        else:
+            index[2, 0] = len(raw)  # entry 2 = chunk (0, 1, 0) starts at the end of the file
+        body = index.tobytes()
+        raw[-(len(body) + 4) :] = body + struct.pack("<I", google_crc32c.value(body))
+        shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError, match=problem) as err:
+        zarr_format.check_shard(str(shard), (0, 0, 0), _level_s0(res))
+    assert err.value.path == str(shard)
+    assert err.value.chunk_index == chunk
+
+
+def test_block_is_marked_done_only_after_its_shards_passed_the_check(tmp_path, monkeypatch):
+    data = em_like((16, 16, 16), "uint8", seed=10)
+    src = ArraySource(data, VOXEL)
+    plan = zarr_format.plan_write(
+        tmp_path / "vol.ome.zarr", src.info, chunks=(8, 8, 8), block_shape=(8, 8, 8)
+    )
+    real = zarr_format.check_shard
+
+    def failing(location, shard, level):
+        if tuple(shard) == (0, 1, 0):
+            raise CorruptChunkError(location, (0, 1, 0), "damaged on purpose")
+        real(location, shard, level)
+
+    monkeypatch.setattr(zarr_format, "check_shard", failing)
+    with pytest.raises(CorruptChunkError, match="damaged on purpose"):
+        zarr_format.write_volume(plan, src)
+    done = {p.name for p in ledger_dir(plan).rglob("*.done.json")}
+    assert "s0-0_1_0.done.json" not in done
+    assert "s0-0_0_0.done.json" in done  # blocks before it were finished and kept
+    monkeypatch.setattr(zarr_format, "check_shard", real)
+    res = zarr_format.write_volume(plan, src)
+    np.testing.assert_array_equal(zarr.open_group(res.path, mode="r")["s0"][...], data)
+
+
+def test_verify_data_reads_every_block_back(tmp_path, monkeypatch):
+    data = em_like((16, 16, 16), "uint8", seed=11)
+    reads = []
+    real = zarr_format.sha256_array
+
+    def counting(arr):
+        reads.append(arr.shape)
+        return real(arr)
+
+    monkeypatch.setattr(zarr_format, "sha256_array", counting)
+    res = _write(tmp_path, data, block_shape=(8, 16, 16), verify="data")
+    assert res.plan.options["verify"] == "data"
+    assert len(reads) == 2 * 2  # each block hashed from the source and from the read-back
+    with pytest.raises(ValueError, match="verify"):
+        _write(tmp_path, data, name="bad", verify="decode")
+
+
+def test_memory_budget_bounds_the_blocks_in_flight(tmp_path):
+    info = ArraySource(em_like((64, 64, 64), "uint8"), VOXEL).info
+    block = 16 * 64 * 64
+    kw = {"chunks": (16, 64, 64), "block_shape": (16, 64, 64)}
+    tight = zarr_format.plan_write(tmp_path / "a.ome.zarr", info, memory_budget=4 * block, **kw)
+    loose = zarr_format.plan_write(tmp_path / "b.ome.zarr", info, **kw)
+    assert tight.block_shape == (16, 64, 64)
+    assert zarr_format._depth(tight) == 1  # (4 - 2 fixed) // 1.5 blocks per flight
+    assert zarr_format._depth(loose) == zarr_format.PIPELINE_DEPTH
+    assert zarr_format.peak_blocks(tight) * block <= 4 * block
+    with pytest.raises(ValueError, match="memory_budget"):
+        zarr_format.plan_write(tmp_path / "c.ome.zarr", info, memory_budget=0)
