@@ -268,13 +268,24 @@ def print_summary(report: Report) -> None:
 
 
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
+SECTION_START, SECTION_END = "<!-- formats:start -->", "<!-- formats:end -->"
 
 
 def write_results(path: Path, report: Report, elapsed: float) -> None:
-    """Rewrite ``path``; a hand-written block between the notes markers is kept."""
-    kept = ""
+    """Rewrite the formats section of ``path`` (between the formats markers; a file written
+    before the markers existed: everything up to the notes' end) and keep the rest of the
+    file (other benchmarks' sections) and the hand-written block between the notes markers."""
+    kept = before = after = ""
     if path.is_file():
         old = path.read_text()
+        if SECTION_START in old and SECTION_END in old:
+            before = old[: old.index(SECTION_START)]
+            after = old[old.index(SECTION_END) + len(SECTION_END) :]
+            old = old[old.index(SECTION_START) : old.index(SECTION_END)]
+        elif old.startswith("# Format benchmark results") and NOTES_END in old:
+            after = old[old.index(NOTES_END) + len(NOTES_END) :]
+        else:
+            before, old = old.rstrip("\n") + "\n\n", ""
         if NOTES_START in old and NOTES_END in old:
             kept = old[old.index(NOTES_START) : old.index(NOTES_END) + len(NOTES_END)]
     a = report.args
@@ -303,7 +314,8 @@ def write_results(path: Path, report: Report, elapsed: float) -> None:
     out += [""]
     if kept:
         out += ["## Diagnosis", "", kept, ""]
-    path.write_text("\n".join(out))
+    section = SECTION_START + "\n" + "\n".join(out).rstrip("\n") + "\n" + SECTION_END
+    path.write_text(before + section + (after if after.strip() else "\n"))
 
 
 # --- the volume ----------------------------------------------------------------------------
@@ -489,6 +501,7 @@ def reference_tiff(plan: WritePlan, source: VolumeSource, path: Path) -> None:
                 compression=o["compression"],
                 compressionargs={"level": o["compression_level"]},
                 metadata=None,
+                maxworkers=cores(),  # as ours: tiles compressed in parallel
             )
 
 
@@ -892,6 +905,53 @@ def run_chunk_tradeoff(
     )
 
 
+def run_tiff_codec(report: Report, source: MemmapSource) -> None:
+    """TIFF page compression on a slab of the volume, one thread: zlib levels 1 and 6 (our
+    default and tifffile's) and no compression, in 256² tiles as the TIFF variant writes."""
+    import io
+
+    import tifffile
+
+    shape = source.info.shape
+    depth = max(1, min(shape[0], 32 * MIB // (shape[1] * shape[2])))
+    slab = source.read(Roi((0, 0, 0), (depth, shape[1], shape[2])))
+    rows = []
+    for name, compression, level in (("zlib-1", "zlib", 1), ("zlib-6", "zlib", 6)):
+        buf = io.BytesIO()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        with tifffile.TiffWriter(buf, bigtiff=True) as writer:
+            for page in slab:
+                writer.write(
+                    page,
+                    photometric="minisblack",
+                    tile=(256, 256),
+                    compression=compression,
+                    compressionargs={"level": level},
+                    maxworkers=1,
+                    metadata=None,
+                )
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        rows.append(
+            [
+                name,
+                f"{slab.nbytes / MIB / wall:.1f}",
+                f"{slab.nbytes / MIB / cpu:.1f}",
+                f"{slab.nbytes / len(buf.getvalue()):.3f}",
+            ]
+        )
+        report.add(
+            f"tiff {name}: compression ratio",
+            slab.nbytes / len(buf.getvalue()),
+            None,
+            f"{slab.nbytes / MIB / cpu:.1f} MiB/s per thread (CPU time)",
+        )
+    report.table(
+        f"TIFF compression trade-off ({depth} slices, 256² tiles, one thread)",
+        ["codec", "MiB/s (wall)", "MiB/s (CPU time)", "compression"],
+        rows,
+    )
+
+
 # --- conversions in a child process: memory and scaling ------------------------------------
 
 
@@ -903,6 +963,11 @@ def child_main(spec: dict[str, Any]) -> None:
     options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec["plan"].items()}
     plan = module.plan_write(spec["path"], source.info, **options)
     source.read(Roi((0, 0, 0), (1, 1, 1)))
+    if spec.get("unbounded_malloc"):
+        # diagnostic: glibc's default (dynamic mmap threshold), as before the writers fixed it
+        import fib_assets.core.formats.base as base
+
+        base._allocator_bounded = False
     gc.collect()
     rss0 = proc_status_kib("VmRSS")
     reset = reset_peak_rss()
@@ -924,12 +989,6 @@ def child_main(spec: dict[str, Any]) -> None:
     print(json.dumps(out), flush=True)
 
 
-#: glibc's malloc raises its mmap threshold after the first large free (up to 32 MiB), so
-#: freed chunk-sized buffers stay in the heap; fixing the threshold separates what the
-#: allocator keeps from what a writer really holds (diagnostic column of the memory table)
-FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
 def run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     settle()
     proc = subprocess.run(
@@ -945,22 +1004,24 @@ def run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[s
     return result
 
 
-def blocks_in_memory() -> dict[str, int]:
-    """Each writer's documented peak memory, in blocks (see its ``write_volume`` docstring)."""
+def blocks_in_memory() -> dict[str, float]:
+    """Each writer's documented peak memory, in blocks (see its ``write_volume`` docstring):
+    Zarr holds FIXED_BLOCKS plus IN_FLIGHT_BLOCKS per block in flight; Parquet and N5 one
+    block plus a few chunks per core (counted as a quarter block)."""
     zarr_mod = format_module("zarr")
     return {
-        "zarr": 2 * int(zarr_mod.PIPELINE_DEPTH) + 1,
+        "zarr": zarr_mod.FIXED_BLOCKS + zarr_mod.IN_FLIGHT_BLOCKS * zarr_mod.PIPELINE_DEPTH,
         "hdf5": 1,
         "tiff": 1,
-        "parquet": 2,
-        "n5": 2,
+        "parquet": 1.25,
+        "n5": 1.25,
     }
 
 
 def block_for_budget(fmt: str, shape: Sequence[int], budget: int) -> tuple[int, int, int]:
     """The largest block whose documented peak (blocks in memory x block bytes) fits ``budget``:
     z-slabs for TIFF and HDF5 (their natural unit), else chunk multiples grown x, y, z."""
-    per_block = budget // blocks_in_memory()[fmt]
+    per_block = int(budget // blocks_in_memory()[fmt])
     z, y, x = (int(s) for s in shape)
     if fmt == "tiff":
         return (max(1, min(z, per_block // (y * x))), y, x)
@@ -981,8 +1042,9 @@ def block_for_budget(fmt: str, shape: Sequence[int], budget: int) -> tuple[int, 
 def run_memory(
     report: Report, tables: Path, work: Path, budget_mib: int, diagnose: bool = True
 ) -> None:
-    """Convert a volume 4x the budget per format in a child process; ``diagnose`` reruns a
-    miss with a fixed malloc mmap threshold (allocator retention vs live data)."""
+    """Convert a volume 4x the budget per format in a child process; ``diagnose`` reruns each
+    with glibc's default dynamic mmap threshold (what :func:`base.bound_allocator_retention`
+    saves, and what it costs in CPU)."""
     budget = budget_mib * MIB
     shape = volume_shape(4 * budget)
     rows = []
@@ -992,6 +1054,8 @@ def run_memory(
         plan: dict[str, Any] = {"block_shape": list(block)}
         if fmt != "tiff":
             plan["chunks"] = list(CHUNKS)
+        if fmt == "zarr":
+            plan["memory_budget"] = budget  # bounds the blocks in flight
         spec = {
             "tables": str(tables),
             "shape": list(shape),
@@ -1003,20 +1067,25 @@ def run_memory(
         r = run_child(spec)
         remove(path)
         peak = (r["hwm_kib"] - r["rss_before_kib"]) * 1024
-        fixed_text = "-"
-        if diagnose and peak > GOAL_MEMORY[1] * budget:
-            fixed = run_child(spec, FIXED_MMAP_THRESHOLD)
+        gib = nbytes(shape) / GIB
+        unbounded_text = "-"
+        if diagnose:
+            u = run_child({**spec, "unbounded_malloc": True})
             remove(path)
-            fixed_text = f"{(fixed['hwm_kib'] - fixed['rss_before_kib']) / 1024:.1f}"
+            unbounded_text = (
+                f"{(u['hwm_kib'] - u['rss_before_kib']) / 1024:.1f} "
+                f"({u['cpu_seconds'] / gib:.1f} CPU-s/GiB)"
+            )
         block_mib = nbytes(r["block_shape"]) / MIB
         rows.append(
             [
                 fmt,
                 r["plan"],
-                f"{blocks_in_memory()[fmt]} x {block_mib:.1f}",
+                f"{blocks_in_memory()[fmt]:g} x {block_mib:.1f}",
                 f"{peak / MIB:.1f}",
                 f"{peak / budget:.2f}",
-                fixed_text,
+                f"{r['cpu_seconds'] / gib:.1f}",
+                unbounded_text,
                 f"{r['rss_before_kib'] / 1024:.0f}",
                 "yes" if r["peak_reset"] else "no (peak may include start-up)",
             ]
@@ -1036,7 +1105,8 @@ def run_memory(
             "documented peak (blocks x MiB)",
             "peak RSS - RSS before (MiB)",
             "/ budget",
-            "same with MALLOC_MMAP_THRESHOLD_=131072, misses only (MiB)",
+            "CPU-s/GiB",
+            "same with glibc's dynamic mmap threshold: MiB (CPU-s/GiB)",
             "RSS before (MiB)",
             "VmHWM reset",
         ],
@@ -1232,6 +1302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.step("reads", lambda: run_reads(report, source, written, rois, args.repeats))
         for path in written.values():
             remove(path)
+        steps.step("tiff codec", lambda: run_tiff_codec(report, source))
         steps.step(
             "chunk trade-off",
             lambda: run_chunk_tradeoff(report, source, work, rois, args.repeats),

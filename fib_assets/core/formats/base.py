@@ -488,3 +488,15 @@ class BaseReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def storage_dtype(dtype: str, path: str | Path) -> np.dtype[Any]:
+    """The native-byte-order integer or float dtype stored for a source dtype (ValueError
+    naming ``path`` otherwise)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"{path}: unknown dtype {dtype!r}") from err
+    if dt.kind not in "uif":
+        raise ValueError(f"{path}: dtype must be an integer or float type, got {dtype!r}")
+    return dt.newbyteorder("=")

@@ -29,16 +29,13 @@ so chunk presence is only ever checked with one pass (count or ``chunk_iter``).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import h5py
@@ -47,20 +44,26 @@ import numpy as np
 
 from fib_assets.core.blockwise import BlockLedger, run_blocks
 from fib_assets.core.formats.base import (
+    BaseReader,
     CorruptChunkError,
     FormatError,
     VolumeInfo,
     VolumeSource,
     WritePlan,
     WriteResult,
-    check_roi,
     check_source,
+    check_verify,
+    chunk_indices,
+    clip_triple,
+    fsync_one,
     ledger_dir,
     plan_fingerprint,
+    positive_triple,
     publish,
     read_block,
     sha256_array,
     staging_path,
+    storage_dtype,
     tree_size,
 )
 from fib_assets.core.geometry import Block, BlockPlan, Roi, VoxelSize
@@ -114,7 +117,7 @@ def plan_write(
     it is published.
     """
     shape = source.shape
-    dtype = _storage_dtype(source.dtype, path)
+    dtype = storage_dtype(source.dtype, path)
     if not Path(path).name.endswith(SUFFIX):
         raise ValueError(f"{path}: an HDF5 volume path must end with {SUFFIX!r}")
     if any(int(s) <= 0 for s in shape):
@@ -128,14 +131,13 @@ def plan_write(
             raise ValueError(f"{path}: gzip level must be 0..9, got {level}")
         if compression == "zstd" and not -131072 <= level <= 22:
             raise ValueError(f"{path}: zstd level must be -131072..22, got {level}")
-    if verify not in ("structure", "data"):
-        raise ValueError(f"{path}: verify must be 'structure' or 'data', got {verify!r}")
+    check_verify(path, verify)
     requested = chunks if chunks is not None else (source.chunks or DEFAULT_CHUNKS)
-    c = _clip(_positive_triple(path, "chunks", requested), shape)
+    c = clip_triple(positive_triple("chunks", requested, path), shape)
     if block_shape is None:
         b = default_block_shape(shape, c, dtype.itemsize)
     else:
-        b = _clip(_positive_triple(path, "block_shape", block_shape), shape)
+        b = clip_triple(positive_triple("block_shape", block_shape, path), shape)
     return WritePlan(
         format=FORMAT,
         path=str(path),
@@ -193,7 +195,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     fingerprint = plan_fingerprint(plan)
     ledger = BlockLedger(ledger_dir(plan), fingerprint)
     blocks = list(BlockPlan(plan.source.shape, plan.block_shape).blocks())
-    dtype = _storage_dtype(plan.source.dtype, plan.path)
+    dtype = storage_dtype(plan.source.dtype, plan.path)
     final.parent.mkdir(parents=True, exist_ok=True)
 
     f = _open_staging(plan, staging, ledger, blocks, fingerprint)
@@ -207,7 +209,7 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
                 dset[block.write_roi.to_slices()] = data
                 f.flush()  # HDF5's caches -> OS: a killed process keeps what is marked done
                 if plan.options["fsync"]:
-                    _fsync(staging)
+                    fsync_one(staging)
                 if plan.options["verify"] == "data":
                     _read_back(dset, block, digest.result(), str(staging))
                 return {"sha256": digest.result()}
@@ -222,10 +224,10 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     finally:
         f.close()
     if plan.options["fsync"]:
-        _fsync(staging)
+        fsync_one(staging)
     publish(staging, final)
     if plan.options["fsync"]:
-        _fsync(final.parent)  # the rename itself
+        fsync_one(final.parent)  # the rename itself
     shutil.rmtree(ledger.directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         ledger_dir(plan).rmdir()  # only when no other plan's markers are left
@@ -289,7 +291,7 @@ def _resumable(
     for block in blocks:
         if block.block_id not in done:
             continue
-        if not stored.issuperset(_chunk_indices(block.write_roi, plan.chunks)):
+        if not stored.issuperset(chunk_indices(block.write_roi, plan.chunks)):
             return False
         if sha256_array(dset[block.write_roi.to_slices()]) != ledger.info(block.block_id)["sha256"]:
             return False
@@ -298,7 +300,7 @@ def _resumable(
 
 def _create(plan: WritePlan, staging: Path, fingerprint: str) -> h5py.File:
     info = plan.source
-    dtype = _storage_dtype(info.dtype, plan.path)
+    dtype = storage_dtype(info.dtype, plan.path)
     vs = info.voxel_size
     f = h5py.File(staging, "w")
     try:
@@ -350,7 +352,7 @@ def _read_back(dset: h5py.Dataset, block: Block, digest: str, where: str) -> Non
 # --- read ----------------------------------------------------------------------------------
 
 
-class Hdf5VolumeReader:
+class Hdf5VolumeReader(BaseReader):
     """An opened HDF5 volume; ``read(roi)`` reads only the ROI's hyperslab, (z, y, x)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -369,7 +371,7 @@ class Hdf5VolumeReader:
             shape = (int(dset.shape[0]), int(dset.shape[1]), int(dset.shape[2]))
             self._dset = dset
             self._chunks: tuple[int, int, int] | None = (
-                None if dset.chunks is None else _positive_triple(p, "chunks", dset.chunks)
+                None if dset.chunks is None else positive_triple("chunks", dset.chunks, p)
             )
             self._info = VolumeInfo(
                 shape, np.dtype(dset.dtype).name, _voxel_size(dset, self._path), self._chunks
@@ -380,23 +382,15 @@ class Hdf5VolumeReader:
             self._file.close()
             raise
 
-    @property
-    def path(self) -> str:
-        return self._path
-
-    @property
-    def info(self) -> VolumeInfo:
-        return self._info
-
     def read(self, roi: Roi) -> np.ndarray:
         """Voxels of ``roi`` (z, y, x); CorruptChunkError for a missing or undecodable chunk."""
-        check_roi(self._path, self._info.shape, roi)
+        self._check_open(roi)
         if roi.size == 0:
             return np.empty(roi.shape, dtype=self._info.dtype)
         if self._chunks is not None:
             stored = self._stored_chunks()
             if stored is not None:
-                for index in _chunk_indices(roi, self._chunks):
+                for index in chunk_indices(roi, self._chunks):
                     if index not in stored:
                         raise CorruptChunkError(self._path, index, "chunk is not stored")
         try:
@@ -422,7 +416,7 @@ class Hdf5VolumeReader:
         """Find the chunk that fails to decode (only on the error path: decodes chunk by chunk)."""
         if self._chunks is None:
             return FormatError(f"{self._path}: reading {roi.to_dict()} failed: {err}")
-        for index in _chunk_indices(roi, self._chunks):
+        for index in chunk_indices(roi, self._chunks):
             cell = Roi(
                 tuple(i * c for i, c in zip(index, self._chunks, strict=True)),  # type: ignore[arg-type]
                 self._chunks,
@@ -431,22 +425,11 @@ class Hdf5VolumeReader:
                 self._dset[cell.to_slices()]
             except OSError as chunk_err:
                 return CorruptChunkError(self._path, index, f"chunk fails to decode: {chunk_err}")
-        first = next(_chunk_indices(roi, self._chunks))
+        first = next(chunk_indices(roi, self._chunks))
         return CorruptChunkError(self._path, first, f"reading {roi.to_dict()} failed: {err}")
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._file.close()
-
-    def __enter__(self) -> Hdf5VolumeReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_volume(path: str | Path) -> Hdf5VolumeReader:
@@ -472,15 +455,6 @@ def _voxel_size(dset: h5py.Dataset, path: str) -> VoxelSize:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _chunk_indices(roi: Roi, chunks: Sequence[int]) -> Iterator[ChunkIndex]:
-    """Indices (z, y, x) of the chunks a non-empty ``roi`` touches, in C order."""
-    ranges = [
-        range(o // c, (e - 1) // c + 1) for o, e, c in zip(roi.offset, roi.end, chunks, strict=True)
-    ]
-    for index in itertools.product(*ranges):
-        yield (index[0], index[1], index[2])
-
-
 def _stored_chunks(dset: h5py.Dataset, chunks: Sequence[int]) -> set[ChunkIndex]:
     """Indices (z, y, x) of the chunks stored in the file, from one pass over HDF5's index.
 
@@ -496,32 +470,3 @@ def _stored_chunks(dset: h5py.Dataset, chunks: Sequence[int]) -> set[ChunkIndex]
 
     dset.id.chunk_iter(add)
     return stored
-
-
-def _storage_dtype(dtype: str, path: str | Path) -> np.dtype[Any]:
-    """The native-byte-order numeric dtype stored for a source dtype."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"{path}: unknown dtype {dtype!r}") from err
-    if dt.kind not in "uif":
-        raise ValueError(f"{path}: dtype must be an integer or float type, got {dtype!r}")
-    return dt.newbyteorder("=")
-
-
-def _positive_triple(path: str | Path, name: str, value: Sequence[int]) -> tuple[int, int, int]:
-    if len(value) != 3 or any(int(v) <= 0 for v in value):
-        raise ValueError(f"{path}: {name} must be 3 positive voxel counts (z, y, x), got {value}")
-    return (int(value[0]), int(value[1]), int(value[2]))
-
-
-def _clip(value: tuple[int, int, int], shape: Sequence[int]) -> tuple[int, int, int]:
-    return (min(value[0], shape[0]), min(value[1], shape[1]), min(value[2], shape[2]))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -155,6 +155,21 @@ class FormatConformance:
         assert Counting.calls == 8 - 2  # the two finished blocks were not redone
         np.testing.assert_array_equal(self.independent_read(Path(again.path)), new)
 
+    def test_write_touches_nothing_but_its_target(self, tmp_path, monkeypatch):
+        """No cwd-relative writes (stray chunk files once landed in the repo root as ``w/``)
+        and no staging, marker or temp files left beside the published variant."""
+        cwd, out = tmp_path / "cwd", tmp_path / "out"
+        cwd.mkdir()
+        out.mkdir()
+        monkeypatch.chdir(cwd)
+        data = em_like((16, 16, 16), "uint8", seed=5)
+        src = ArraySource(data, VOXEL)
+        target = self.target(out)
+        plan = self.module.plan_write(target, src.info, chunks=self.chunks, block_shape=(8, 8, 8))
+        self.module.write_volume(plan, src)
+        assert list(cwd.iterdir()) == []
+        assert [p.name for p in out.iterdir()] == [target.name]
+
     def test_plan_is_pure_and_serialisable(self, tmp_path):
         src = ArraySource(em_like((8, 8, 8), "uint8"), VOXEL)
         plan = self.module.plan_write(self.target(tmp_path), src.info, chunks=self.chunks)

@@ -230,3 +230,55 @@ def test_plan_validation(tmp_path):
         parquet_format.plan_write(tmp_path / "v.parquet", info, chunks_per_row_group=0)
     with pytest.raises(ValueError, match=".parquet"):
         parquet_format.plan_write(tmp_path / "v.pq", info)
+
+
+def _rewrite_part(part: Path, table: pa.Table, row_group_size: int) -> None:
+    pq.write_table(table, part, row_group_size=row_group_size, write_statistics=True)
+
+
+@pytest.mark.parametrize("damage", ["drop_row", "wrong_index", "truncate"])
+def test_structural_part_check_without_decoding(tmp_path, damage):
+    data = em_like((16, 16, 16), "uint8", seed=14)
+    res = _write(tmp_path, data, block_shape=(16, 16, 16), chunks_per_row_group=2)
+    assert res.plan.options["verify"] == "structure"
+    part = Path(res.path) / "part-0_0_0.parquet"
+    indices = list(np.ndindex(2, 2, 2))
+    parquet_format.check_part(part, indices, 2)  # as written: passes
+    table = pq.read_table(part)
+    if damage == "drop_row":  # one chunk fewer than the index promises
+        _rewrite_part(part, table.slice(0, 7), 2)
+        problem = "row groups|rows"
+    elif damage == "wrong_index":  # rows in another order than the part's index says
+        order = [2, 1, 0, 3, 4, 5, 6, 7]  # chunk (0, 1, 0) moved into row group 0
+        _rewrite_part(part, table.take(order), 2)
+        problem = "statistics"
+    else:
+        part.write_bytes(part.read_bytes()[:-100])
+        problem = "unreadable part file"
+    with pytest.raises(CorruptChunkError, match=problem) as err:
+        parquet_format.check_part(part, indices, 2)
+    assert err.value.path == str(part)
+
+
+def test_verify_data_decodes_each_chunk_against_the_source(tmp_path, monkeypatch):
+    data = em_like((16, 16, 16), "uint16", seed=15)
+    decoded = []
+    real = parquet_format._Part._decode
+
+    def counting(self, chunk, *args):
+        decoded.append(chunk)
+        return real(self, chunk, *args)
+
+    monkeypatch.setattr(parquet_format._Part, "_decode", counting)
+    _write(tmp_path, data, name="structure")
+    assert decoded == []  # the default check decodes nothing
+    res = _write(tmp_path, data, name="data", verify="data")
+    assert sorted(decoded) == sorted(np.ndindex(2, 2, 2))
+    np.testing.assert_array_equal(_decode_dataset(Path(res.path)), data)
+    with pytest.raises(ValueError, match="verify"):
+        _write(tmp_path, data, name="bad", verify="all")
+
+
+def test_writes_use_the_system_memory_pool(tmp_path):
+    _write(tmp_path, em_like((8, 8, 8), "uint8"))
+    assert pa.default_memory_pool().backend_name == "system"
