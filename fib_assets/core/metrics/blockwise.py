@@ -227,8 +227,9 @@ class DistanceHistogram:
         return (max(self.counts) if self.counts else 0.0), True
 
     def percentile(self, q: float) -> tuple[float, bool]:
-        """(``q``-th percentile, exact) as ``numpy.percentile`` (linear); a rank that falls among
-        the censored values gives the lower bound ``limit_nm``."""
+        """(``q``-th percentile, exact) as ``numpy.percentile`` (linear); when an order statistic
+        it interpolates falls among the censored values (> ``limit_nm``) the result is a lower
+        bound (interpolated towards ``limit_nm``) and ``exact`` is false."""
         n = self.n
         if n == 0:
             return 0.0, True
@@ -238,9 +239,11 @@ class DistanceHistogram:
         lo = math.floor(pos)
         hi = min(lo + 1, n - 1)
         a, b = self._rank(lo, values, cum), self._rank(hi, values, cum)
-        if a is None or b is None:
-            return self.limit_nm, False
         t = pos - lo
+        if a is None:
+            return self.limit_nm, False
+        if b is None:  # b > limit: interpolating towards limit bounds the percentile from below
+            return a + (self.limit_nm - a) * t, False
         # numpy's _lerp: a + (b - a) t, computed from the upper end when t >= 0.5
         return (b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t), True
 
@@ -339,17 +342,20 @@ def evaluate_semantic(
         w = _inner(block)
         tw, pw, mw = t[w], p[w], m[w]
         plain = _counts(tw, pw, mw)
+        to_t, to_p = distance_to(t, vox), distance_to(p, vox)
         tm, pm = t & m, p & m
-        fp = int(np.count_nonzero(pm[w] & (distance_to(tm, vox)[w] > tolerance_nm)))
-        fn = int(np.count_nonzero(tm[w] & (distance_to(pm, vox)[w] > tolerance_nm)))
+        to_tm = to_t if valid is None else distance_to(tm, vox)
+        to_pm = to_p if valid is None else distance_to(pm, vox)
+        fp = int(np.count_nonzero(pm[w] & (to_tm[w] > tolerance_nm)))
+        fn = int(np.count_nonzero(tm[w] & (to_pm[w] > tolerance_nm)))
         union = int(np.count_nonzero(tm[w] | pm[w]))
         tol = Confusion(union - fp - fn, fp, fn, int(np.count_nonzero(mw)) - union)
         out: dict[str, Any] = {"plain": _conf_dict(plain), "tolerance": _conf_dict(tol)}
         if band_nm is not None:
             scored = boundary_band_mask(t, vox, band_nm)[w] & mw
             out["band"] = _conf_dict(_counts(tw, pw, scored))
-        d_tp = distance_to(p, vox)[w][tw]
-        d_pt = distance_to(t, vox)[w][pw]
+        d_tp = to_p[w][tw]
+        d_pt = to_t[w][pw]
         out["n_truth"] = int(tw.sum())
         out["n_pred"] = int(pw.sum())
         out["d_tp"] = DistanceHistogram.of(d_tp, limit).to_dict()

@@ -54,9 +54,18 @@ def label_instances(mask: npt.ArrayLike, connectivity: int = 6) -> tuple[U64, in
     1..n (uint64) in scan order and n. ``connectivity`` is 6 (faces), 18 or 26."""
     if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    m = np.ascontiguousarray(np.asarray(mask, dtype=bool))
-    labels, n = cc3d.connected_components(m, connectivity=connectivity, return_N=True)  # type: ignore[call-overload]
-    return np.asarray(labels, dtype=np.uint64), int(n)
+    return _cc3d(np.asarray(mask, dtype=bool), connectivity)
+
+
+def _cc3d(arr: npt.NDArray[Any], connectivity: int) -> tuple[U64, int]:
+    """cc3d with a workaround: connected-components-3d 4.1.1 raises "maximum length exception"
+    for 18/26-connectivity on volumes with an axis shorter than 3 voxels (e.g. [[[1, 0, 1]]]);
+    a background border around such tiny volumes changes no component and avoids it."""
+    pad = min(arr.shape, default=0) < 3
+    a = np.ascontiguousarray(np.pad(arr, 1) if pad else arr)
+    labels, n = cc3d.connected_components(a, connectivity=connectivity, return_N=True)  # type: ignore[call-overload]
+    out = np.asarray(labels, dtype=np.uint64)
+    return (out[1:-1, 1:-1, 1:-1].copy() if pad else out), int(n)
 
 
 def relabel_instances(labels: npt.ArrayLike, connectivity: int = 26) -> tuple[U64, int]:
@@ -65,8 +74,9 @@ def relabel_instances(labels: npt.ArrayLike, connectivity: int = 26) -> tuple[U6
     arr = np.ascontiguousarray(np.asarray(labels))
     if arr.dtype.kind not in "ui":
         raise ValueError(f"instance labels must be integers, got {arr.dtype}")
-    out, n = cc3d.connected_components(arr, connectivity=connectivity, return_N=True)  # type: ignore[call-overload]
-    return np.asarray(out, dtype=np.uint64), int(n)
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    return _cc3d(arr, connectivity)
 
 
 def _count(ids: U64) -> tuple[U64, I64]:
@@ -306,6 +316,19 @@ def normalized_hausdorff(
     return np.asarray(np.where(np.isinf(d), 0.0, 1.01 ** (-d / norm)), dtype=np.float64)
 
 
+def bounding_boxes(labels: npt.ArrayLike) -> dict[int, tuple[slice, ...]]:
+    """Bounding box (slices) of every non-zero label, in one pass over the volume."""
+    arr = np.asarray(labels)
+    ids, inverse = np.unique(arr, return_inverse=True)
+    found = ndimage.find_objects(inverse.reshape(arr.shape).astype(np.int64) + 1)
+    return {int(i): box for i, box in zip(ids.tolist(), found, strict=True) if i and box}
+
+
+def _union(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    pairs = zip(a, b, strict=True)
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in pairs)
+
+
 def _bbox(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...] | None:
     found = ndimage.find_objects(mask.astype(np.uint8))
     return found[0] if found else None
@@ -410,13 +433,15 @@ def cellmap_instance_score(
     table = OverlapTable.from_labels(t, p)
     matching = match_instances(table, 0.0)
     t2p = matching.truth_to_pred()
+    t_box, p_box = bounding_boxes(t), bounding_boxes(p)
     per_truth: dict[int, float] = {}
     for tid in table.truth_ids.tolist():
         pid = t2p.get(int(tid))
         if pid is None:
             per_truth[int(tid)] = cap
         else:
-            per_truth[int(tid)] = pair_hausdorff(t == tid, p == pid, vox)
+            box = _union(t_box[int(tid)], p_box[pid])  # both instances lie inside it
+            per_truth[int(tid)] = pair_hausdorff(t[box] == tid, p[box] == pid, vox)
     entries = cellmap_hausdorff_entries(per_truth, table.n_pred - matching.tp, cap)
     c = matching.confusion
     return CellMapInstanceScore(c.tp, c.fp, c.fn, entries, cap, vox.as_tuple())

@@ -116,6 +116,10 @@ def test_distance_histogram_percentile_matches_numpy():
         assert exact and got == pytest.approx(np.percentile(values, q), rel=1e-12)
     censored = DistanceHistogram.of(values, 10.0)
     assert censored.percentile(100) == (10.0, False)
+    for q in (50, 90, 99):  # bounds from below whenever inexact
+        got, exact = censored.percentile(q)
+        assert got <= np.percentile(values, q) + 1e-12
+        assert exact == (got == pytest.approx(np.percentile(values, q), rel=1e-12))
     assert halo_voxels((8.0, 4.0, 3.0), 40.0) == (5, 10, 14)
 
 

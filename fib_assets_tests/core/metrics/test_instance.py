@@ -53,6 +53,16 @@ def test_connected_components_match_scikit_image(mask):
         assert _same_partition(ours, ref), conn
 
 
+@pytest.mark.parametrize("conn", [6, 18, 26])
+def test_components_of_volumes_thinner_than_three_voxels(conn):
+    # connected-components-3d 4.1.1 raises on these with 18/26-connectivity unless padded
+    mask = np.array([[[True, False, True]]])
+    labels, n = label_instances(mask, conn)
+    assert n == 2 and labels.shape == mask.shape and labels.tolist() == [[[1, 0, 2]]]
+    out, n = relabel_instances(np.array([[[1, 0, 1], [0, 2, 0]]], np.uint8), conn)
+    assert n == 3 and out.shape == (1, 2, 3)  # id 1 in two pieces, id 2 kept apart
+
+
 def test_relabel_splits_disconnected_pieces_and_keeps_touching_ids_apart():
     lab = np.zeros((1, 3, 7), np.uint32)
     lab[0, 1, 0:2] = 5
