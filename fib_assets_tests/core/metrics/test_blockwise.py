@@ -271,3 +271,26 @@ def test_mismatched_shapes_are_refused():
 
     with pytest.raises(ValueError, match="NoShape: no 3-D shape"):
         evaluate_semantic(NoShape(), np.zeros((2, 2, 2)), voxel_size=8.0)
+
+
+def test_valid_mask_restricts_counts_like_the_in_memory_mask():
+    """Ground truth with unannotated voxels (id 0): counts only where annotated."""
+    rng = np.random.default_rng(7)
+    labels = rng.choice(np.array([0, 3, 35], np.uint8), size=(6, 10, 10), p=[0.3, 0.3, 0.4])
+    prob = rng.integers(0, 256, labels.shape).astype(np.uint8)
+    vox = (8.0, 4.0, 4.0)
+    ev = evaluate_semantic(
+        labels,
+        prob,
+        voxel_size=vox,
+        block_shape=(3, 4, 4),
+        truth_mask=foreground({3}),
+        pred_mask=above(127),
+        valid=foreground(),
+        band_nm=4.0,
+        hausdorff_halo_nm=200.0,
+    )
+    mem = semantic_scores(labels == 3, prob > 127, vox, band_nm=4.0, mask=labels > 0)
+    _assert_semantic_equal(ev.scores, mem)
+    total = ev.scores.confusion
+    assert total.tp + total.fp + total.fn + total.tn == int((labels > 0).sum())
