@@ -54,6 +54,7 @@ from fib_assets.core.formats.base import (
     check_source,
     check_verify,
     chunk_indices,
+    clear_ledger,
     clip_triple,
     fsync_one,
     ledger_dir,
@@ -64,7 +65,7 @@ from fib_assets.core.formats.base import (
     sha256_array,
     staging_path,
     storage_dtype,
-    tree_size,
+    write_result,
 )
 from fib_assets.core.geometry import Block, BlockPlan, Roi, VoxelSize
 
@@ -228,19 +229,9 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     publish(staging, final)
     if plan.options["fsync"]:
         fsync_one(final.parent)  # the rename itself
-    shutil.rmtree(ledger.directory, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        ledger_dir(plan).rmdir()  # only when no other plan's markers are left
-    nbytes, nfiles = tree_size(final)
-    return WriteResult(
-        path=str(final),
-        plan=plan,
-        bytes_on_disk=nbytes,
-        file_count=nfiles,
-        seconds=time.perf_counter() - started,
-        block_checksums={bid: str(info["sha256"]) for bid, info in results.items()},
-        library_versions=library_versions(),
-    )
+    clear_ledger(plan, ledger.directory)  # (its directory only when no other plan's are left)
+    checksums = {bid: str(info["sha256"]) for bid, info in results.items()}
+    return write_result(plan, final, started, checksums, library_versions())
 
 
 def library_versions() -> dict[str, str]:

@@ -58,6 +58,7 @@ from fib_assets.core.formats.base import (
     WriteResult,
     check_source,
     check_verify,
+    clear_ledger,
     cores,
     fsync_path,
     ledger_dir,
@@ -68,7 +69,7 @@ from fib_assets.core.formats.base import (
     sha256_array,
     staging_path,
     storage_dtype,
-    tree_size,
+    write_result,
 )
 from fib_assets.core.formats.base import (
     library_versions as _versions,
@@ -240,19 +241,9 @@ def write_volume(plan: WritePlan, source: VolumeSource, *, progress: bool = Fals
     _publish(staging, final)
     if plan.options["fsync"]:
         fsync_path(final.parent)
-    shutil.rmtree(ledger.directory, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        ledger_dir(plan).rmdir()  # only when no other plan's markers are left
-    nbytes, nfiles = tree_size(final)
-    return WriteResult(
-        path=str(final),
-        plan=plan,
-        bytes_on_disk=nbytes,
-        file_count=nfiles,
-        seconds=time.perf_counter() - started,
-        block_checksums={bid: str(info["sha256"]) for bid, info in results.items()},
-        library_versions=library_versions(),
-    )
+    clear_ledger(plan, ledger.directory)  # (its directory only when no other plan's are left)
+    checksums = {bid: str(info["sha256"]) for bid, info in results.items()}
+    return write_result(plan, final, started, checksums, library_versions())
 
 
 def library_versions() -> dict[str, str]:
