@@ -137,6 +137,7 @@ def demo(
     from fib_assets.demo import (
         default_dagster_home,
         materialize_region,
+        materialize_training,
         materialize_unpartitioned,
         prepare_dagster_home,
         register_regions,
@@ -158,6 +159,8 @@ def demo(
             outcomes.append(materialize_region(defs, instance, region))
         typer.echo("materializing cross-region tables …")
         tables = materialize_unpartitioned(defs, instance)
+        typer.echo("training demo models and segmenting the test regions …")
+        training = materialize_training(defs, instance)
     typer.echo("\nSummary")
     for o in outcomes:
         state = "reused" if o.reused else ("ok" if o.success else "stopped")
@@ -170,6 +173,25 @@ def demo(
             )
     for name, ok in tables.items():
         typer.echo(f"  {name}: {ok}")
+    split = training.split
+    typer.echo(
+        f"  training_split: train {', '.join(split.get('train', [])) or '-'} · validation "
+        f"{', '.join(split.get('validation', [])) or '-'} · test "
+        f"{', '.join(split.get('test', [])) or '-'} (test regions are never trained on)"
+    )
+    for name, state in training.models.items():
+        val = ", ".join(f"{k} {v:.3f}" for k, v in training.validation.get(name, {}).items())
+        extra = f" (validation Dice {val})" if val else ""
+        typer.echo(f"  organelle_model[{name}]: {state}{extra}")
+        for region, dice in training.test_dice.get(name, {}).items():
+            per_class = ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
+            typer.echo(f"      test-region Dice {region}: {per_class}")
+    failed = [k for k, v in training.segmentations.items() if v == "FAILED"]
+    if failed:
+        typer.echo(f"      predictions/segmentation FAILED: {', '.join(failed)}")
+    typer.echo(
+        f"  training part: {training.wall_seconds:.0f} s wall, {training.cpu_seconds:.0f} s CPU"
+    )
     typer.echo(
         f"\nData under {data}/storage; instance at {home}.\n"
         "Next: `make ui` and open http://127.0.0.1:3000 (Assets → raw_volume → Partitions), "

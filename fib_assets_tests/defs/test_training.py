@@ -354,12 +354,8 @@ def test_training_resumes_after_a_crash_and_selects_on_validation(tmp_path):
     from fib_assets.core.ml.experiments import Experiment
     from fib_assets.core.ml.preprocess import Pipeline, PreprocessedVolume
     from fib_assets.core.ml.train import build_sampler, read_checkpoint
-    from fib_assets.defs.training.assets import (
-        CropSetSampler,
-        EvalCrop,
-        selection_points,
-        train_with_selection,
-    )
+    from fib_assets.core.ml.crops import CropSetSampler, EvalCrop
+    from fib_assets.core.ml.training_run import selection_points, train_with_selection
 
     rng = np.random.default_rng(0)
     lab = np.zeros((24, 24, 24), dtype=np.uint8)

@@ -1,7 +1,9 @@
 """Segmentation classes: COSEM / CellMap label ids and the combined classes built from them.
 
 A training class is a name and the set of label ids it covers (``mito = {3, 4, 5}``). Label id
-0 means "not annotated" in ground-truth crops: such voxels carry no loss.
+0 means "not annotated" in ground-truth crops: such voxels carry no loss. Names resolve through
+the project's one class map, :data:`fib_assets.core.labels.COSEM_CLASS_MAP` (what ground-truth
+import validates against), so a model's ``nucleus`` is the curators' ``nucleus``.
 """
 
 from __future__ import annotations
@@ -13,18 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fib_assets.core.acquisition.synthetic import CLASS_IDS
+from fib_assets.core.labels import COSEM_CLASS_MAP, ClassMap
+from fib_assets.core.labels import UNANNOTATED as UNANNOTATED  # re-exported
 
-UNANNOTATED = 0
-
-#: Combined classes of the COSEM / CellMap convention (name -> label ids).
+#: Combined classes of the COSEM / CellMap convention (name -> label ids), from the class map.
 COMBINED_CLASSES: dict[str, tuple[int, ...]] = {
-    "mito": (3, 4, 5),
-    "golgi": (6, 7),
-    "ves": (8, 9),
-    "er": tuple(range(16, 24)),
-    "ne": (20, 21, 22, 23),
-    "nucleus": (20, 21, 22, 23, 28),
+    name: tuple(sorted(ids)) for name, ids in COSEM_CLASS_MAP.combined.items()
 }
 
 
@@ -58,16 +54,18 @@ class ClassSpec:
         return cls(str(d["name"]), tuple(int(i) for i in d["ids"]))
 
 
-def resolve_class(entry: str | Mapping[str, Any]) -> ClassSpec:
-    """A class from a name (a COSEM class like ``mito_mem`` or a combined one like ``mito``),
-    or from a one-item mapping ``{name: [ids]}`` / ``{name: id}``."""
+def resolve_class(
+    entry: str | Mapping[str, Any], class_map: ClassMap = COSEM_CLASS_MAP
+) -> ClassSpec:
+    """A class from a name of ``class_map`` (an atomic class like ``mito_mem`` or a combined
+    one like ``mito``), or from a one-item mapping ``{name: [ids]}`` / ``{name: id}``."""
     if isinstance(entry, str):
-        if entry in COMBINED_CLASSES:
-            return ClassSpec(entry, COMBINED_CLASSES[entry])
-        if entry in CLASS_IDS:
-            return ClassSpec(entry, (CLASS_IDS[entry],))
-        known = sorted({*COMBINED_CLASSES, *CLASS_IDS})
-        raise ValueError(f"unknown class {entry!r}; known names: {', '.join(known)}")
+        try:
+            atomic = class_map.ids_of(entry)
+        except KeyError:
+            known = sorted(class_map.names())
+            raise ValueError(f"unknown class {entry!r}; known names: {', '.join(known)}") from None
+        return ClassSpec(entry, tuple(sorted(atomic)))
     if isinstance(entry, Mapping) and len(entry) == 1:
         ((name, ids),) = entry.items()
         if isinstance(ids, int):

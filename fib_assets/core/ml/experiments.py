@@ -17,7 +17,8 @@ Schema (every key is checked; errors name the file and the key)::
       padding: valid
     initialization: scratch        # or {from: <experiment name>, freeze_encoder: true}
     budget: {iterations: 20000, patch_size: [54, 54, 54], batch_size: 1}
-    optimizer: {lr: 5.0e-5, betas: [0.95, 0.999]}          # optional, COSEM defaults
+    optimizer: {lr: 5.0e-5, betas: [0.95, 0.999]}          # optional, COSEM defaults;
+                                                           # schedule: constant | cosine
     augmentation: {...}            # optional, Augmentation keys
     seed: 0
     curator_intervention: none     # none | preprocessing | transfer_learning | correction_round_N
@@ -70,7 +71,9 @@ ARCHITECTURE_KEYS = {
     "in_channels",
 }
 BUDGET_KEYS = {"iterations", "patch_size", "batch_size"}
-OPTIMIZER_KEYS = {"lr", "betas", "weight_decay"}
+#: learning-rate schedules (see :meth:`fib_assets.core.ml.train.TrainConfig.lr_at`)
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+OPTIMIZER_KEYS = {"lr", "betas", "weight_decay", "schedule"}
 
 
 class ExperimentError(ValueError):
@@ -167,6 +170,8 @@ class Experiment:
             }
         )
         opt = dict(self.optimizer)
+        if "schedule" in opt:
+            opt["lr_schedule"] = opt.pop("schedule")
         if "betas" in opt:
             opt["betas"] = tuple(opt["betas"])
         return TrainConfig(
@@ -325,6 +330,12 @@ def _parse(doc: Any, source: str) -> Experiment:
             source, "optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}"
         )
 
+    schedule = opt.get("schedule", "constant")
+    if schedule not in LR_SCHEDULES:
+        raise ExperimentError(
+            source, "optimizer.schedule", f"must be one of {list(LR_SCHEDULES)}, got {schedule!r}"
+        )
+
     aug = doc.get("augmentation") or {}
     try:
         Augmentation.from_dict(aug)
@@ -362,6 +373,7 @@ def _parse(doc: Any, source: str) -> Experiment:
             "lr": float(lr),
             "betas": [float(x) for x in betas],
             **({"weight_decay": float(opt["weight_decay"])} if "weight_decay" in opt else {}),
+            **({"schedule": schedule} if "schedule" in opt else {}),
         },
         augmentation=dict(aug),
         seed=_int(source, "seed", doc.get("seed", 0)),

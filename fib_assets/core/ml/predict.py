@@ -54,6 +54,7 @@ from fib_assets.core.ml.preprocess import Pipeline, PreprocessedVolume
 from fib_assets.core.ml.targets import UINT8_THRESHOLD, probability_to_uint8, tanh_to_uint8
 from fib_assets.core.ml.train import TrainConfig, load_model
 from fib_assets.core.ml.unet import UNet
+from fib_assets.core.provenance.fixity import sha256_file
 
 BlockHook = Callable[[Block], None]
 
@@ -72,14 +73,6 @@ def label_components(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.uint64
     else:
         labels, n = ndimage.label(m)
     return np.asarray(labels, dtype=np.uint64), int(n)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -225,7 +218,7 @@ def plan_prediction(
         raw=name,
         out_path=str(out_path),
         checkpoint=str(checkpoint),
-        checkpoint_sha256=_sha256_file(Path(checkpoint)),
+        checkpoint_sha256=sha256_file(Path(checkpoint)),
         volume_shape=info.shape,
         voxel_size_nm=info.voxel_size.as_tuple(),
         block_shape=(int(block[0]), int(block[1]), int(block[2])),
@@ -552,7 +545,7 @@ def predict_volume(
     failure injection)."""
     t0 = time.perf_counter()
     model, config, _ = load_model(plan.checkpoint, device=device)
-    if _sha256_file(Path(plan.checkpoint)) != plan.checkpoint_sha256:
+    if sha256_file(Path(plan.checkpoint)) != plan.checkpoint_sha256:
         raise ValueError(f"{plan.checkpoint} changed since the plan was made (sha256 differs)")
     source = raw if raw is not None else open_volume(plan.raw)
     if tuple(source.info.shape) != plan.volume_shape:
@@ -638,3 +631,12 @@ def read_array(path: str | Path, key: str) -> npt.NDArray[Any]:
     """A whole array of a prediction container (``predictions/mito`` ...), for small volumes."""
     spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(Path(path) / key / "s0")}}
     return np.asarray(ts.open(spec, read=True).result().read().result())
+
+
+def read_container_roi(container: str | Path, key: str, roi: Roi) -> npt.NDArray[Any]:
+    """Voxels of ``roi`` (z, y, x) of image ``key`` (``predictions/mito``, ``instances/mito``)
+    of a prediction/segmentation container, without reading the rest."""
+    path = Path(container) / key / "s0"
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    arr = ts.open(spec, read=True).result()
+    return np.asarray(arr[roi.to_slices()].read().result())

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fib_assets.core.ml.classes import ClassSpec, disjoint
+from fib_assets.core.ml.experiments import LR_SCHEDULES
 from fib_assets.core.ml.losses import IGNORE_INDEX, balanced_cross_entropy, balanced_mse
 from fib_assets.core.ml.preprocess import Augmentation
 from fib_assets.core.ml.sampler import Batch, PatchSampler
@@ -43,6 +44,7 @@ from fib_assets.core.ml.unet import UNet, UNetConfig
 CHECKPOINT_FORMAT = "fib_assets.unet_checkpoint/1"
 LossName = Literal["balanced_mse", "balanced_cross_entropy"]
 Device = Literal["auto", "cpu", "cuda"]
+LrSchedule = Literal["constant", "cosine"]
 _LOSSES = ("balanced_mse", "balanced_cross_entropy")
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -70,6 +72,8 @@ class TrainConfig:
     batch_size: int = 1
     iterations: int = 1000
     lr: float = 5e-5
+    lr_schedule: LrSchedule = "constant"
+    lr_min_factor: float = 0.05
     betas: tuple[float, float] = (0.95, 0.999)
     weight_decay: float = 0.0
     seed: int = 0
@@ -127,6 +131,14 @@ class TrainConfig:
         _positive_int("seed", self.seed, zero_ok=True)
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if not 0.0 <= self.lr_min_factor <= 1.0:
+            raise ValueError(
+                f"TrainConfig.lr_min_factor must be in [0, 1], got {self.lr_min_factor!r}"
+            )
         betas = tuple(float(b) for b in self.betas)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -148,6 +160,18 @@ class TrainConfig:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.unet.input_shape_for_output(self.output_shape)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of training step ``step`` (0-based): ``lr`` throughout ("constant"),
+        or a half cosine from ``lr`` down to ``lr * lr_min_factor`` at the last step
+        ("cosine"; large early steps find the structure, small late ones stop the model from
+        bouncing between minibatches). A pure function of the step, so a resumed run continues
+        on the same curve."""
+        if self.lr_schedule == "constant" or self.iterations <= 1:
+            return float(self.lr)
+        t = min(max(step, 0), self.iterations - 1) / (self.iterations - 1)
+        low = self.lr * self.lr_min_factor
+        return float(low + (self.lr - low) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
     @property
     def target(self) -> Literal["distance", "classes"]:
@@ -364,6 +388,8 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> float:
         self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch)
         # torch's Tensor.backward is untyped in its stubs
@@ -408,7 +434,7 @@ class Trainer:
             * self.config.batch_size
             * math.prod(self.config.input_shape)
             / dt,
-            "lr": self.config.lr,
+            "lr": self.config.lr_at(self.step - 1),
             "rejected_patches": self.sampler.rejected,
         }
         self.history.append(rec)
@@ -520,3 +546,27 @@ def build_sampler(
         seed=config.seed,
         **kwargs,
     )
+
+
+def checkpoint_smoke_test(path: Path) -> dict[str, Any]:
+    """Load a checkpoint and run one forward pass on the smallest valid input (seeded noise):
+    the output must have the declared shape and be finite."""
+    ckpt = read_checkpoint(path)
+    config = TrainConfig.from_dict(ckpt["config"])
+    model = UNet(config.unet)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    shape = config.input_shape
+    x = torch.from_numpy(
+        np.random.default_rng(0).standard_normal((1, 1, *shape)).astype(np.float32)
+    )
+    with torch.no_grad():
+        y = model(x)
+    want = [1, config.unet.out_channels, *config.output_shape]
+    return {
+        "input_shape": list(shape),
+        "output_shape": list(y.shape),
+        "expected_shape": want,
+        "finite": bool(torch.isfinite(y).all()),
+        "ok": list(y.shape) == want and bool(torch.isfinite(y).all()),
+    }

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from fib_assets.core.ml.train import checkpoint_smoke_test
 from fib_assets.defs.metadata import latest_materialization
-from fib_assets.defs.training.assets import (
-    ORGANELLE_MODEL,
-    TRAINING_SPLIT,
-    checkpoint_smoke_test,
-    current_split,
-)
+from fib_assets.defs.training.assets import ORGANELLE_MODEL, TRAINING_SPLIT, current_split
 from fib_assets.defs.training.partitions import regions_with_role
 
 SPLIT_DISJOINT = "test_regions_disjoint_from_training"
@@ -86,7 +82,7 @@ def build_training_checks(
         "seeded noise input.",
     )
     def checkpoint_predicts(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        from fib_assets.defs.training.assets import sha256_file
+        from fib_assets.core.provenance.fixity import sha256_file
 
         experiment = context.partition_key
         rec = latest_materialization(context.instance, ORGANELLE_MODEL, experiment)

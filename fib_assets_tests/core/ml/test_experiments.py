@@ -79,6 +79,7 @@ def test_cosem_experiment_parses_and_builds_a_train_config(tmp_path: Path) -> No
         ({"curator_intervention": "transfer_learning"}, "initialization", "needs {from"),
         ({"compute": "tpu"}, "compute", "cpu or gpu"),
         ({"optimizer": {"lr": -1}}, "optimizer.lr", "positive"),
+        ({"optimizer": {"lr": 1e-3, "schedule": "step"}}, "optimizer.schedule", "cosine"),
         ({"epochs": 3}, "epochs", "unknown key"),
     ],
 )
