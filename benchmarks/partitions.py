@@ -11,8 +11,11 @@ folder listing and the YAML, exactly as the real sensor does):
 4. listing the partition keys (what the UI and every partition-aware call does);
 5. creating run records for the tick's run requests (a sample of R, extrapolated to N): the
    storage side of what the daemon does per RunRequest;
-6. the nightly backfill schedule's scan of every region (`regions_needing_work`);
-and the process's peak RSS. Results print as a table (and JSON with --json).
+6. the nightly backfill schedule's scan of every region (`regions_needing_work`, batched: one
+   query per asset plus one per few hundred regions) against the per-region scan it replaced
+   (:func:`per_region_scan`, run on a sample and extrapolated), with the SQL statements of each;
+and the process's peak RSS, and the cursor size after a tick with nothing new. Results print
+as a table (and JSON with --json).
 
     .venv/bin/python benchmarks/partitions.py                 # 10,000 regions, 200 runs
     .venv/bin/python benchmarks/partitions.py --regions 2000 --runs 100 --json out.json
@@ -101,6 +104,59 @@ def apply_partition_requests(instance: Any, requests: list[Any]) -> None:
     _handle_dynamic_partitions_requests(requests, instance, _DaemonContextStub())  # type: ignore[arg-type]
 
 
+def per_region_scan(instance: Any, keys: list[Any]) -> tuple[list[str], dict[str, str]]:
+    """The nightly scan before it was batched (one query per region per asset, one per region
+    for its latest run): the reference the batched scan is measured and tested against."""
+    import dagster as dg
+
+    from fib_assets.defs.partitions import regions
+
+    todo: list[str] = []
+    skipped: dict[str, str] = {}
+    for region in instance.get_dynamic_partitions(regions.name):
+        missing = [
+            k
+            for k in keys
+            if not instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=k, asset_partitions=[region]), limit=1
+            ).records
+        ]
+        if not missing:
+            continue
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": region}), limit=1)
+        if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
+            skipped[region] = f"latest run {runs[0].run_id[:8]} failed; fix and rerun by hand"
+        elif runs and not runs[0].is_finished:
+            skipped[region] = f"run {runs[0].run_id[:8]} still in progress"
+        else:
+            todo.append(region)
+    return todo, skipped
+
+
+class SqlCounter:
+    """Counts the SQL statements every SQLAlchemy engine executes (PRAGMAs excluded)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.startswith("PRAGMA"):
+            self.statements.append(statement)
+
+    def __enter__(self) -> SqlCounter:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.listen(Engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "before_cursor_execute", self._record)
+
+
 def _instance(tmp_path: Path, postgres_url: str | None) -> Any:
     """The local embedded instance (SQLite in a fresh DAGSTER_HOME), or with --postgres-url
     the same with Postgres run/event/schedule storage (the k8s deployment's storage)."""
@@ -120,7 +176,26 @@ def _instance(tmp_path: Path, postgres_url: str | None) -> Any:
     return dg.DagsterInstance.get()
 
 
-def run(n_regions: int, n_runs: int, postgres_url: str | None = None) -> dict[str, Any]:
+class _SampleInstance:
+    """The instance, with only the first ``n`` region keys visible (to time a sample)."""
+
+    def __init__(self, instance: Any, n: int) -> None:
+        self._instance = instance
+        self._n = n
+
+    def get_dynamic_partitions(self, name: str) -> list[str]:
+        return list(self._instance.get_dynamic_partitions(name))[: self._n]
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._instance, attr)
+
+
+def run(
+    n_regions: int,
+    n_runs: int,
+    postgres_url: str | None = None,
+    reference_sample: int = 1000,
+) -> dict[str, Any]:
     import dagster as dg
 
     from fib_assets.defs import acquisitions
@@ -160,8 +235,15 @@ def run(n_regions: int, n_runs: int, postgres_url: str | None = None) -> dict[st
             results["daemon_add_partitions_s"] = s
             results["daemon_add_partitions_ms_per_key"] = 1000 * s / max(n_regions, 1)
 
-            second, s, _ = timed(tick)
+            def tick_after_first() -> Any:
+                ctx = dg.build_sensor_context(
+                    instance=instance, resources={"storage": storage}, cursor=first.cursor
+                )
+                return landing_zone_sensor(ctx)
+
+            second, s, _ = timed(tick_after_first)
             results["tick2_nothing_new_s"] = s
+            results["tick2_cursor_kib"] = len((second.cursor or "").encode()) / 1024
             assert not getattr(second, "run_requests", None)
 
             keys, s, _ = timed(lambda: instance.get_dynamic_partitions(regions.name))
@@ -193,10 +275,24 @@ def run(n_regions: int, n_runs: int, postgres_url: str | None = None) -> dict[st
             results["create_runs_extrapolated_s"] = s / max(len(sample), 1) * n_regions
 
             asset_keys = [dg.AssetKey("raw_acquisition"), dg.AssetKey("raw_volume")]
-            (todo, skipped), s, _ = timed(lambda: regions_needing_work(instance, asset_keys))
+            with SqlCounter() as sql:
+                (todo, skipped), s, _ = timed(lambda: regions_needing_work(instance, asset_keys))
             results["nightly_scan_s"] = s
+            results["nightly_scan_sql_statements"] = len(sql.statements)
             results["nightly_scan_todo"] = len(todo)
             results["nightly_scan_skipped_in_progress"] = len(skipped)
+            # the per-region scan it replaced, on a sample of regions, extrapolated to N
+            sample_n = min(n_regions, reference_sample)
+            with SqlCounter() as sql:
+                (ref_todo, ref_skipped), s, _ = timed(
+                    lambda: per_region_scan(_SampleInstance(instance, sample_n), asset_keys)
+                )
+            assert ref_todo == todo[: len(ref_todo)]
+            results["per_region_scan_sample"] = sample_n
+            results["per_region_scan_extrapolated_s"] = s / max(sample_n, 1) * n_regions
+            results["per_region_scan_sql_statements_extrapolated"] = round(
+                len(sql.statements) / max(sample_n, 1) * n_regions
+            )
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return results
 
@@ -206,13 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--regions", type=int, default=10_000)
     p.add_argument("--runs", type=int, default=200, help="run records to create (a sample)")
+    p.add_argument(
+        "--reference-sample",
+        type=int,
+        default=1000,
+        help="regions the old per-region nightly scan is timed on (extrapolated to N)",
+    )
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
         "--postgres-url",
         help="postgresql://user@host:port/db of an empty database to use instead of SQLite",
     )
     args = p.parse_args(argv)
-    results = run(args.regions, args.runs, args.postgres_url)
+    results = run(args.regions, args.runs, args.postgres_url, args.reference_sample)
     width = max(len(k) for k in results)
     for key, value in results.items():
         if isinstance(value, float):

@@ -402,3 +402,207 @@ def clear_ledger(ledger: BlockLedger) -> None:
         ledger.clear()
     else:
         shutil.rmtree(ledger.directory, ignore_errors=True)
+
+
+# --- staging local-file formats for an object store ---------------------------------------------
+
+SCRATCH_LIMIT_ENV = "FIB_ASSETS_SCRATCH_LIMIT_BYTES"
+_COPY_BUF = 8 * 2**20  # bytes per read when hashing/copying objects (bounded memory)
+
+
+def _local_tree(path: Path) -> dict[str, Path]:
+    """``{relative key: file}`` of a local file (keyed by its name) or directory tree."""
+    if path.is_file():
+        return {path.name: path}
+    return {p.relative_to(path).as_posix(): p for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _object_of(url: str, rel: str, single_file: bool) -> str:
+    return url if single_file else join(url, rel)
+
+
+def _sha256_object(fs: Any, path: str) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb", block_size=_COPY_BUF) as f:
+        while chunk := f.read(_COPY_BUF):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _put_file(fs: Any, local: Path, remote: str) -> None:
+    """One upload (a seam the failure tests use to kill the server mid-publish)."""
+    fs.put_file(str(local), remote)
+
+
+def upload_verified(local: str | os.PathLike[str], url: str) -> dict[str, dict[str, Any]]:
+    """Upload a local file or directory tree to ``url`` and read every object back.
+
+    Returns the manifest ``{relative key: {"size", "sha256"}}`` (a single file is keyed by its
+    name). Raises StorageError naming the object when one does not read back with the bytes
+    that were sent (size or sha256), OSError when the service refuses a request. Writes no
+    completion marker: see :func:`publish_staged`."""
+    src = Path(os.fspath(local))
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: nothing to upload")
+    single = src.is_file()
+    fs, _ = filesystem(url)
+    manifest: dict[str, dict[str, Any]] = {}
+    for rel, path in _local_tree(src).items():
+        target = _object_of(normalize(url), rel, single)
+        _put_file(fs, path, target.split("://", 1)[1])
+        manifest[rel] = {"size": path.stat().st_size, "sha256": _sha256_file(path)}
+    for rel, want in manifest.items():
+        target = _object_of(normalize(url), rel, single)
+        key = target.split("://", 1)[1]
+        size = int(fs.info(key)["size"])
+        if size != want["size"] or _sha256_object(fs, key) != want["sha256"]:
+            raise StorageError(
+                f"{target}: uploaded object does not read back as sent "
+                f"(expected {want['size']} bytes, sha256 {want['sha256'][:12]}…)"
+            )
+    return manifest
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_COPY_BUF):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def publish_staged(
+    local: str | os.PathLike[str],
+    url: str,
+    *,
+    info: Mapping[str, Any] | None = None,
+    sidecars: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Publish a finished local file/tree at object-store ``url``, atomically for readers.
+
+    Order: retract (the old marker goes first, so nobody reuses a container being replaced),
+    remove stale objects, upload and read back every object, write the JSON ``sidecars``
+    (``{location: object}``), then the completion marker LAST with the manifest of sizes and
+    sha256. Any failure before the marker — a refused request, a dead server, an object that
+    reads back different — leaves the container absent (no marker). Returns the manifest."""
+    url = normalize(url)
+    if not is_remote(url):
+        raise StorageError(f"{url}: publish_staged() is for object-store URLs")
+    retract(url)
+    remove(url)
+    layout = "file" if Path(os.fspath(local)).is_file() else "tree"
+    manifest = upload_verified(local, url)
+    for location, obj in (sidecars or {}).items():
+        write_json(location, obj)
+    mark_complete(url, {**dict(info or {}), "layout": layout, "files": manifest})
+    return manifest
+
+
+def download_verified(url: str, local: str | os.PathLike[str]) -> Path:
+    """Copy a published object-store container (file or tree) to ``local``, checking every
+    object against the manifest in its completion marker. Raises FileNotFoundError when the
+    container is not complete, StorageError naming an object that is missing or differs."""
+    url = normalize(url)
+    if not is_complete(url):
+        raise FileNotFoundError(f"{url}: no completion marker (absent or half-written)")
+    marker = read_json(marker_url(url))
+    manifest: dict[str, dict[str, Any]] = marker.get("files") or {}
+    if not manifest:
+        raise StorageError(f"{marker_url(url)}: marker lists no files (not a staged container)")
+    fs, _ = filesystem(url)
+    dst = Path(os.fspath(local))
+    single = marker.get("layout") == "file"
+    for rel, want in manifest.items():
+        key = _object_of(url, rel, single).split("://", 1)[1]
+        target = dst if single else dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get_file(key, str(target))
+        except FileNotFoundError as err:
+            raise StorageError(f"{url}/{rel}: listed in the completion marker but missing") from err
+        if target.stat().st_size != want["size"] or _sha256_file(target) != want["sha256"]:
+            raise StorageError(
+                f"{_object_of(url, rel, single)}: does not match its completion marker "
+                f"(expected {want['size']} bytes, sha256 {want['sha256'][:12]}…): corrupt object"
+            )
+    return dst
+
+
+def check_scratch_space(need_bytes: int, what: str) -> Path:
+    """The scratch root (created), after checking it can hold ``need_bytes`` more: free disk
+    space, and ``$FIB_ASSETS_SCRATCH_LIMIT_BYTES`` when set (e.g. the pod's emptyDir
+    sizeLimit). Raises StorageError naming ``what``, the directory and both sizes."""
+    root = scratch_root()
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    limit_text = os.environ.get(SCRATCH_LIMIT_ENV)
+    limit = int(limit_text) if limit_text else None
+    if need_bytes > free or (limit is not None and need_bytes > limit):
+        bound = f"{free} bytes free" + (f", limit {limit} ({SCRATCH_LIMIT_ENV})" if limit else "")
+        raise StorageError(
+            f"{what}: staging needs about {need_bytes} bytes of local scratch in {root}, "
+            f"{bound}; point FIB_ASSETS_SCRATCH at a larger volume"
+        )
+    return root
+
+
+class Staging:
+    """Where a writer that only speaks local files builds an output published at ``url``.
+
+    - ``url`` local, or ``direct=True`` (the writer speaks URLs itself, e.g. the Zarr variant
+      via tensorstore's s3 driver): :attr:`path` is ``url``; the writer publishes atomically
+      and :meth:`publish` only adds the sidecars and (on S3) the marker.
+    - ``url`` on an object store: :attr:`path` is in a fresh scratch directory (checked
+      against ``need_bytes``, removed on exit, success or not); :meth:`publish` uploads it
+      (:func:`publish_staged`) and :meth:`fetch` downloads a published copy to it, verified
+      against the marker, for readers that need a local file.
+
+    Use as a context manager."""
+
+    def __init__(self, url: str | os.PathLike[str], *, need_bytes: int = 0, direct: bool = False):
+        self.url = normalize(url)
+        self.staged = is_remote(self.url) and not direct
+        self.need_bytes = int(need_bytes)
+        self._dir: Path | None = None
+
+    def __enter__(self) -> Staging:
+        if self.staged:
+            root = check_scratch_space(self.need_bytes, self.url) / "stage"
+            root.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="stage-", dir=root))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    @property
+    def path(self) -> str:
+        """Where to write (and read) locally: ``url`` itself unless staged."""
+        if not self.staged:
+            return self.url
+        if self._dir is None:
+            raise StorageError(f"{self.url}: Staging used outside its `with` block")
+        return str(self._dir / name(self.url))
+
+    def fetch(self) -> None:
+        """Make the published container readable at :attr:`path` (download when staged)."""
+        if self.staged:
+            download_verified(self.url, self.path)
+
+    def publish(
+        self, info: Mapping[str, Any] | None = None, sidecars: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish what was written at :attr:`path`: upload + marker when staged; otherwise
+        the sidecars, then (object store) the marker last. Locally the writer's rename was the
+        publication and the sidecars follow it, as before."""
+        if self.staged:
+            publish_staged(self.path, self.url, info=info, sidecars=sidecars)
+            return
+        for location, obj in (sidecars or {}).items():
+            write_json(location, obj)
+        if is_remote(self.url):
+            # keep what the writer recorded in its own marker (e.g. the Zarr plan fingerprint)
+            known = read_json(marker_url(self.url)) if is_complete(self.url) else {}
+            mark_complete(self.url, {**known, **dict(info or {})})

@@ -30,28 +30,36 @@ region_pipeline_job = dg.define_asset_job(
 )
 
 
+# regions per run-storage query (bounded IN (...) lists; SQLite allows 32,766 parameters)
+RUN_QUERY_BATCH = 500
+
+
 def regions_needing_work(
     instance: dg.DagsterInstance, keys: list[dg.AssetKey]
 ) -> tuple[list[str], dict[str, str]]:
     """Regions with any asset in ``keys`` never materialized, minus those whose latest run
-    failed (a blocking check or an error needs a curator first); returns (todo, skipped)."""
+    failed (a blocking check or an error needs a curator first); returns (todo, skipped).
+
+    Batched so that the cost does not grow with queries per region: one query per asset for
+    its materialized partitions, then the runs of the regions still missing something, a few
+    hundred regions per query (newest first, so the first run seen of a region is its latest).
+    """
     todo: list[str] = []
     skipped: dict[str, str] = {}
-    for region in instance.get_dynamic_partitions(regions.name or "regions"):
-        missing = [
-            k
-            for k in keys
-            if not instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=k, asset_partitions=[region]), limit=1
-            ).records
-        ]
-        if not missing:
-            continue
-        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": region}), limit=1)
-        if runs and runs[0].status == dg.DagsterRunStatus.FAILURE:
-            skipped[region] = f"latest run {runs[0].run_id[:8]} failed; fix and rerun by hand"
-        elif runs and not runs[0].is_finished:
-            skipped[region] = f"run {runs[0].run_id[:8]} still in progress"
+    all_regions = instance.get_dynamic_partitions(regions.name or "regions")
+    done = [instance.get_materialized_partitions(k) for k in keys]
+    candidates = [r for r in all_regions if not all(r in d for d in done)]
+    latest: dict[str, dg.DagsterRun] = {}
+    for i in range(0, len(candidates), RUN_QUERY_BATCH):
+        batch = candidates[i : i + RUN_QUERY_BATCH]
+        for run in instance.get_runs(dg.RunsFilter(tags={"dagster/partition": batch})):
+            latest.setdefault(run.tags.get("dagster/partition", ""), run)
+    for region in candidates:
+        run = latest.get(region)
+        if run is not None and run.status == dg.DagsterRunStatus.FAILURE:
+            skipped[region] = f"latest run {run.run_id[:8]} failed; fix and rerun by hand"
+        elif run is not None and not run.is_finished:
+            skipped[region] = f"run {run.run_id[:8]} still in progress"
         else:
             todo.append(region)
     return todo, skipped

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from fib_assets.core import storage
 from fib_assets.core.acquisition.assemble import RawVolumeResult
 from fib_assets.core.acquisition.region import RegionInventory
 from fib_assets.core.preview import markdown_image, png_bytes, side_by_side
@@ -49,7 +50,9 @@ def _table(df: pd.DataFrame, max_rows: int = 12) -> str:
     return "\n".join(lines)
 
 
-def acquisition_metadata(inv: RegionInventory, out: Path, headers: pd.DataFrame) -> dict[str, Any]:
+def acquisition_metadata(
+    inv: RegionInventory, out: str | Path, headers: pd.DataFrame
+) -> dict[str, Any]:
     meta = inv.meta
     cols = [
         c
@@ -62,8 +65,8 @@ def acquisition_metadata(inv: RegionInventory, out: Path, headers: pd.DataFrame)
         "n_files": len(inv.files),
         "total_bytes": inv.total_bytes,
         "manifest_sha256": inv.digest,
-        "manifest": dg.MetadataValue.path(str(out / "manifest-sha256.txt")),
-        "headers_table": dg.MetadataValue.path(str(out / "headers.parquet")),
+        "manifest": dg.MetadataValue.path(storage.join(out, "manifest-sha256.txt")),
+        "headers_table": dg.MetadataValue.path(storage.join(out, "headers.parquet")),
         "headers_preview": dg.MetadataValue.md(_table(headers[cols])),
         "sample_id": str(meta.get("sample_id")),
         "voxel_size_nm": dg.MetadataValue.json(inv.voxel_size.to_dict()),
@@ -77,7 +80,7 @@ def acquisition_metadata(inv: RegionInventory, out: Path, headers: pd.DataFrame)
 def volume_preview(container: str) -> str:
     """Markdown with an XY (middle z) and an XZ (middle y) slice of the uint8 channel, read
     from the coarsest level that is still at least 128 px wide (one plane, never the volume)."""
-    root = zarr.open_group(container, mode="r")
+    root = zarr.open_group(storage.zarr_store(container, read_only=True), mode="r")
     group = root["uint8"]
     assert isinstance(group, zarr.Group)
     levels = [group[f"s{i}"] for i in range(len(list(group.array_keys())))]

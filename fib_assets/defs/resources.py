@@ -64,8 +64,21 @@ class StorageResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             )
         return Path(self.asset_url(asset, region))
 
+    def landing_path(self) -> Path:
+        """The landing zone as a local directory. It must be a filesystem (on Kubernetes a
+        shared ReadWriteMany volume): .dat slices are memory-mapped and region folders are
+        scanned and hashed in place, so an ``s3://`` landing zone is refused, clearly."""
+        if object_storage.is_remote(self.landing_zone):
+            raise object_storage.StorageError(
+                f"{self.landing_zone}: the landing zone must be a filesystem path (on "
+                "Kubernetes a shared ReadWriteMany volume, see k8s/README.md), not an object "
+                "store: source slices are memory-mapped and scanned in place. Only the storage "
+                "root may be s3://"
+            )
+        return Path(self.landing_zone)
+
     def region_source(self, region: str) -> Path:
-        return Path(self.landing_zone) / validate_region_key(region)
+        return self.landing_path() / validate_region_key(region)
 
 
 class QCThresholdsResource(dg.ConfigurableResource):  # type: ignore[type-arg]

@@ -1,4 +1,8 @@
-"""The canonical raw volume (OME-Zarr from the assembler) as a VolumeSource for variants."""
+"""The canonical raw volume (OME-Zarr from the assembler) as a VolumeSource for variants.
+
+The container may be a local path or an ``s3://`` URL: it is opened through
+:mod:`fib_assets.core.storage` (zarr-python's store for either), and a container that is not
+complete (on S3: no completion marker) is refused as absent."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from fib_assets.core import storage
 from fib_assets.core.formats.base import VolumeInfo, check_roi
 from fib_assets.core.geometry import Roi, VoxelSize
 
@@ -18,10 +23,13 @@ class CanonicalSource:
     detector channel of ``raw`` (uint16) with ``image="raw", channel=c``."""
 
     def __init__(self, path: str | Path, *, image: str = "uint8", channel: int = 0) -> None:
-        self.path = str(path)
-        if not Path(self.path).exists():
-            raise FileNotFoundError(f"{self.path}: canonical raw volume not found")
-        root = zarr.open_group(self.path, mode="r")
+        self.path = storage.normalize(path)
+        if not storage.is_complete(self.path):
+            raise FileNotFoundError(
+                f"{self.path}: canonical raw volume not found (or, on an object store, not "
+                "complete: no completion marker)"
+            )
+        root = zarr.open_group(storage.zarr_store(self.path, read_only=True), mode="r")
         arr = root[f"{image}/s0"]
         if not isinstance(arr, zarr.Array):
             raise ValueError(f"{self.path}: {image}/s0 is not an array")

@@ -1,5 +1,7 @@
 """Raw acquisitions: the source files of a sample region and its canonical raw volume."""
 
+import io
+
 import dagster as dg
 import pandas as pd
 
@@ -10,10 +12,10 @@ import fib_assets.core.formats.zarr as zarr_module
 import fib_assets.core.provenance.fixity as fixity_module
 from fib_assets.audit import runtime_environment, upstream_provenance
 from fib_assets.core import qc
+from fib_assets.core import storage as object_storage
 from fib_assets.core.acquisition import assemble as assemble_module
 from fib_assets.core.acquisition.assemble import execute_raw_volume, plan_raw_volume
 from fib_assets.core.acquisition.region import inventory_region
-from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json
 from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.acquisitions import checks
 from fib_assets.defs.metadata import (
@@ -47,13 +49,16 @@ def raw_acquisition(
     region = context.partition_key
     source = storage.region_source(region)
     inv = inventory_region(source)
-    out = storage.asset_dir("raw_acquisition", region) / inv.digest[:16]
-    atomic_write_bytes(out / "manifest-sha256.txt", inv.manifest.encode())
+    # local path or s3:// URL alike; each file is written atomically (temp + rename, or one PUT)
+    out = object_storage.join(storage.asset_url("raw_acquisition", region), inv.digest[:16])
+    object_storage.write_bytes(
+        object_storage.join(out, "manifest-sha256.txt"), inv.manifest.encode()
+    )
     headers = inv.headers_frame()
-    tmp = out / ".headers.parquet.tmp"
-    headers.to_parquet(tmp)
-    tmp.replace(out / "headers.parquet")
-    atomic_write_json(out / "region.json", inv.meta)
+    buf = io.BytesIO()
+    headers.to_parquet(buf)
+    object_storage.write_bytes(object_storage.join(out, "headers.parquet"), buf.getvalue())
+    object_storage.write_json(object_storage.join(out, "region.json"), inv.meta)
     context.log.info(f"{region}: {len(inv.files)} source files, {inv.total_bytes} bytes")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(inv.digest),
@@ -92,7 +97,7 @@ def raw_volume(
         )
     plan = plan_raw_volume(inv)
     context.log.info(f"{region}: plan {plan.shape} in {len(plan.block_plan)} blocks")
-    result = execute_raw_volume(plan, storage.asset_dir("raw_volume", region))
+    result = execute_raw_volume(plan, storage.asset_url("raw_volume", region))
     t = qc_thresholds
     thresholds = qc.QCThresholds(
         max_saturation_fraction=t.max_saturation_fraction,

@@ -11,6 +11,9 @@ from fib_assets.defs.acquisitions.assets import raw_acquisition, raw_volume
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
 
+# regions of the last batch named in the cursor (the count is always exact)
+MAX_CURSOR_ADDED = 100
+
 
 def scan_landing_zone(landing: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Split the landing zone's folders into (complete regions, rejected, pending) with reasons.
@@ -49,15 +52,25 @@ def scan_landing_zone(landing: Path) -> tuple[list[str], dict[str, str], dict[st
 def landing_zone_sensor(
     context: dg.SensorEvaluationContext, storage: StorageResource
 ) -> dg.SensorResult | dg.SkipReason:
-    complete, rejected, pending = scan_landing_zone(Path(storage.landing_zone))
+    complete, rejected, pending = scan_landing_zone(storage.landing_path())
     known = set(context.instance.get_dynamic_partitions(regions.name or "regions"))
     new = [r for r in complete if r not in known]
     for name, why in rejected.items():
         context.log.warning(f"landing zone: rejected folder {name!r}: {why}")
     for name, why in pending.items():
         context.log.info(f"landing zone: waiting for {name!r}: {why}")
+    # the cursor is stored with every tick: it carries only what a curator must act on
+    # (rejected and pending folders) and the last batch added, never every known region
+    # (the instance's partition list is the record of those)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    last_added = new or list(previous.get("last_added", []))
     cursor = json.dumps(
-        {"regions": sorted(known | set(new)), "rejected": rejected, "pending": pending},
+        {
+            "last_added": last_added[:MAX_CURSOR_ADDED],
+            "last_added_count": len(new) if new else previous.get("last_added_count", 0),
+            "rejected": rejected,
+            "pending": pending,
+        },
         sort_keys=True,
     )
     if not new:

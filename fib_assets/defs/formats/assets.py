@@ -4,19 +4,21 @@ One factory builds all five assets, so every variant is planned, written, verifi
 described the same way; only the format module differs.
 """
 
+import dataclasses
 import importlib.metadata
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 import fib_assets.core.formats.canonical as canonical_module
 import fib_assets.core.formats.verify as verify_module
 from fib_assets.audit import runtime_environment, upstream_provenance
-from fib_assets.core.blockwise import atomic_write_json, fingerprint
+from fib_assets.core import storage as object_storage
+from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.formats import format_module
 from fib_assets.core.formats.canonical import CanonicalSource
 from fib_assets.core.formats.verify import verify_same_voxels
@@ -38,6 +40,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "parquet": ("parquet", "Parquet dataset, one row per compressed 3D chunk with checksum."),
     "n5": ("n5", "N5 container with a Paintera-openable multiscale raw group."),
 }
+# writers that speak s3:// themselves (tensorstore's s3 driver); the others write local files,
+# which an object-store root stages in pod-local scratch and uploads at publish time
+WRITES_URLS = frozenset({"zarr"})
 
 
 class VariantConfig(dg.Config):
@@ -112,30 +117,42 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
         module = format_module(fmt)
         c = config.chunk_size
         key = fingerprint({"source": src_version, "chunks": c, "image": config.image})[:16]
-        out = storage.asset_dir(name, region) / f"v-{key}{module.SUFFIX}"
-        sidecar = out.with_name(out.name + ".write.json")
-        plan = module.plan_write(out, source.info, chunks=(c, c, c))
-        if out.exists() and sidecar.exists():
-            written: dict[str, Any] = json.loads(sidecar.read_text())
-            context.log.info(f"{name}[{region}]: reusing {out}")
-        else:
-            t0 = time.perf_counter()
-            result = module.write_volume(plan, source)
-            written = {
-                "seconds": time.perf_counter() - t0,
-                "bytes_on_disk": result.bytes_on_disk,
-                "file_count": result.file_count,
-                "throughput_mib_s": result.throughput_mib_s,
-                "compression_ratio": result.compression_ratio,
-                "library_versions": result.library_versions,
-            }
-            atomic_write_json(sidecar, written)
-        reader = module.open_volume(out)
-        try:
-            block = (c, max(c, 256), max(c, 256))
-            verification = verify_same_voxels(source, reader, block_shape=block)
-        finally:
-            reader.close()
+        # a local path or an s3:// URL: one code path, object_storage hides the difference
+        folder = storage.asset_url(name, region)
+        out = object_storage.join(folder, f"v-{key}{module.SUFFIX}")
+        sidecar = object_storage.join(folder, f"v-{key}{module.SUFFIX}.write.json")
+        info = source.info
+        nbytes = int(np.prod(info.shape)) * np.dtype(info.dtype).itemsize
+        # scratch for a staged (or downloaded) copy: the raw size plus headroom for container
+        # overhead on incompressible data; refused up front when the scratch cannot hold it
+        need = nbytes + nbytes // 4 + 2**20
+        with object_storage.Staging(out, need_bytes=need, direct=fmt in WRITES_URLS) as stage:
+            plan = module.plan_write(stage.path, info, chunks=(c, c, c))
+            # the plan as published (where curators and provenance find it)
+            described = dataclasses.replace(plan, path=out)
+            written = _reuse(context, stage, sidecar) if object_storage.is_complete(out) else None
+            if written is None:
+                t0 = time.perf_counter()
+                result = module.write_volume(plan, source)
+                written = {
+                    "seconds": time.perf_counter() - t0,
+                    "bytes_on_disk": result.bytes_on_disk,
+                    "file_count": result.file_count,
+                    "throughput_mib_s": result.throughput_mib_s,
+                    "compression_ratio": result.compression_ratio,
+                    "library_versions": result.library_versions,
+                }
+                # staged formats are uploaded and read back here, their marker written last
+                stage.publish(
+                    {"plan_fingerprint": fingerprint(described.to_dict())}, {sidecar: written}
+                )
+            reader = module.open_volume(stage.path)
+            try:
+                block = (c, max(c, 256), max(c, 256))
+                verification = verify_same_voxels(source, reader, block_shape=block)
+            finally:
+                reader.close()
+        plan = described
         check = dg.AssetCheckResult(
             check_name=DECODES_TO_CANONICAL,
             passed=verification.passed,
@@ -156,7 +173,12 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
                 fingerprint({"format": fmt, **plan.to_dict(), "source": src_version})
             ),  # fmt: skip
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(out)),
+                "dagster/uri": dg.MetadataValue.path(out),
+                "storage_mode": (
+                    "staged locally, uploaded, read back (sha256) and marked complete"
+                    if stage.staged
+                    else "written in place"
+                ),
                 "canonical_source": dg.MetadataValue.path(src_path),
                 "shape_zyx": dg.MetadataValue.json(list(source.info.shape)),
                 "dtype": source.info.dtype,
@@ -183,6 +205,35 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
 variant_assets = [build_variant(fmt) for fmt in VARIANTS]
 
 
+def _reuse(
+    context: dg.AssetExecutionContext, stage: object_storage.Staging, sidecar: str
+) -> dict[str, Any] | None:
+    """The write record of a complete variant at ``stage.url``, made readable at
+    ``stage.path`` (downloaded and checked against its marker when staged); None when it must
+    be (re)written: no record, or a published object that no longer matches its marker."""
+    if not object_storage.exists(sidecar):
+        return None
+    try:
+        stage.fetch()
+    except object_storage.StorageError as err:
+        context.log.warning(f"{err}; retracting and rewriting the variant")
+        object_storage.retract(stage.url)
+        return None
+    context.log.info(f"reusing {stage.url}")
+    written: dict[str, Any] = object_storage.read_json(sidecar)
+    return written
+
+
 def variant_path(instance: dg.DagsterInstance, fmt: str, region: str) -> Path | None:
+    """Local path of the latest variant (the format benchmark opens files). Raises
+    StorageError for a variant on an object store: the benchmark reads local files only."""
     latest = latest_materialization(instance, dg.AssetKey(f"volume_{fmt}"), region)
-    return Path(str(latest["metadata"]["dagster/uri"])) if latest else None
+    if not latest:
+        return None
+    uri = str(latest["metadata"]["dagster/uri"])
+    if object_storage.is_remote(uri):
+        raise object_storage.StorageError(
+            f"{uri}: the format benchmark reads variants from local files; run it on a "
+            "local storage root (an s3:// root is supported for raw_* and volume_* only)"
+        )
+    return Path(uri)
