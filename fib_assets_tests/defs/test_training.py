@@ -345,16 +345,37 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         )
         assert not missing.success and "no materialization with experiment" in _failure(missing)
 
+        # the demo's training step: reuses the split and both models, segments the test region
+        # with tiny_transfer (new) and reuses tiny_mito's segmentation (same checkpoint)
+        from fib_assets.demo import materialize_training
+
+        demo_defs = dg.Definitions(assets=assets, resources=resources)
+        first = materialize_training(demo_defs, instance, ["tiny_mito", "tiny_transfer"])
+        assert first.split["test"] == [test_region] and first.split["train"] == [train_region]
+        assert first.models == {"tiny_mito": "reused", "tiny_transfer": "reused"}
+        assert first.segmentations == {
+            f"tiny_mito/{test_region}": "reused",
+            f"tiny_transfer/{test_region}": "ok",
+        }
+        assert first.test_dice["tiny_mito"][test_region] == {
+            cls: seg[f"dice_{cls}"].value for cls in ("mito", "er")
+        }
+        assert set(first.test_dice["tiny_transfer"][test_region]) == {"mito", "er"}
+        assert first.cpu_seconds > 0
+        second = materialize_training(demo_defs, instance, ["tiny_mito", "tiny_transfer"])
+        assert set(second.segmentations.values()) == {"reused"}
+        assert second.test_dice == first.test_dice
+
 
 def test_training_resumes_after_a_crash_and_selects_on_validation(tmp_path):
     """The training loop (no Dagster): a run killed after its first selection point resumes
     from ``latest.pt``; the selected checkpoint is the best-scoring one on validation crops."""
     from fib_assets.core.formats.base import ArraySource
     from fib_assets.core.geometry import Roi, VoxelSize
+    from fib_assets.core.ml.crops import CropSetSampler, EvalCrop
     from fib_assets.core.ml.experiments import Experiment
     from fib_assets.core.ml.preprocess import Pipeline, PreprocessedVolume
     from fib_assets.core.ml.train import build_sampler, read_checkpoint
-    from fib_assets.core.ml.crops import CropSetSampler, EvalCrop
     from fib_assets.core.ml.training_run import selection_points, train_with_selection
 
     rng = np.random.default_rng(0)
