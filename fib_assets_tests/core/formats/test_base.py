@@ -1,0 +1,87 @@
+"""Shared helpers of the format modules (fib_assets.core.formats.base)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fib_assets.core.formats import base
+from fib_assets.core.geometry import Roi
+
+_PROBE = (
+    "from fib_assets.core.formats import base\n"
+    "print(base.bound_allocator_retention(), base.bound_allocator_retention())\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_allocator_bound_is_set_once_and_yields_to_the_environment():
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["True", "True"], run.stderr
+    env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    run = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["False", "False"], run.stderr
+
+
+def test_blocks_in_flight_follow_the_budget():
+    mib = 2**20
+    assert base.blocks_in_flight(8 * mib, None, 1.5, 3) == 3
+    assert base.blocks_in_flight(8 * mib, 64 * mib, 1.5, 3) == 3
+    assert base.blocks_in_flight(8 * mib, 24 * mib, 1.5, 3) == 2
+    assert base.blocks_in_flight(8 * mib, 1 * mib, 1.5, 3) == 1  # never below one
+
+
+def test_chunk_grid_helpers_agree_with_numpy_slicing():
+    shape = (13, 29, 35)
+    chunks = (4, 8, 16)
+    vol = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
+    roi = Roi((3, 5, 7), (6, 11, 20))
+    out = np.full(roi.shape, -1, dtype=np.int32)
+    touched = list(base.chunk_indices(roi, chunks))
+    assert touched == sorted(touched) and len(touched) == 3 * 2 * 2
+    for chunk in touched:
+        box = base.chunk_roi(chunk, chunks, shape)
+        base.paste(out, roi, vol[box.to_slices()], box)
+    np.testing.assert_array_equal(out, vol[roi.to_slices()])
+    assert base.chunk_roi((3, 3, 2), chunks, shape).shape == (1, 5, 3)  # clipped at the edge
+
+
+def test_plan_checks_name_the_problem():
+    assert base.positive_triple("chunks", [1, 2, 3]) == (1, 2, 3)
+    with pytest.raises(ValueError, match=r"vol\.h5: chunks must be 3 positive"):
+        base.positive_triple("chunks", (1, 0, 2), "vol.h5")
+    with pytest.raises(ValueError, match="must be 3 positive"):
+        base.positive_triple("block_shape", (1, 2))
+    assert base.tiles((64, 128, 100), (64, 64, 64), (200, 200, 100))
+    assert not base.tiles((64, 96, 64), (64, 64, 64), (200, 200, 200))
+    with pytest.raises(ValueError, match="zstd compression_level must be in -7..22"):
+        base.check_level("zstd", 23, -7, 22)
+    with pytest.raises(ValueError, match="levels must be an integer"):
+        base.check_levels(True)
+    with pytest.raises(ValueError, match="x.n5: verify must be"):
+        base.check_verify("x.n5", "full")
+    with pytest.raises(ValueError, match="must end in '.n5'"):
+        base.check_suffix("x.zarr", ".n5", "an N5 variant")
+    with pytest.raises(ValueError, match="integer or float"):
+        base.storage_dtype("complex64", "v.h5")
+
+
+def test_readers_share_close_and_context_manager(tmp_path):
+    from fib_assets.core.formats import open_volume
+    from fib_assets.core.formats import parquet as parquet_format
+    from fib_assets_tests.core.formats.conformance import VOXEL, em_like
+
+    src = base.ArraySource(em_like((8, 8, 8), "uint8"), VOXEL)
+    plan = parquet_format.plan_write(tmp_path / "v.parquet", src.info, chunks=(4, 4, 4))
+    parquet_format.write_volume(plan, src)
+    with open_volume(plan.path) as vol:
+        assert isinstance(vol, base.BaseReader)
+        assert vol.read(Roi((0, 0, 0), (2, 2, 2))).shape == (2, 2, 2)
+    with pytest.raises(ValueError, match="closed"):
+        vol.read(Roi((0, 0, 0), (2, 2, 2)))
+    vol.close()  # idempotent
