@@ -152,6 +152,8 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
                 verification = verify_same_voxels(source, reader, block_shape=block)
             finally:
                 reader.close()
+            # name the published variant, not the scratch copy that was decoded
+            errors = [str(e).replace(stage.path, out) for e in verification.errors]
         plan = described
         check = dg.AssetCheckResult(
             check_name=DECODES_TO_CANONICAL,
@@ -159,13 +161,13 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
             description=(
                 f"all {verification.n_blocks} blocks equal the canonical voxels"
                 if verification.passed
-                else f"{len(verification.mismatched)} mismatched and {len(verification.errors)} "
+                else f"{len(verification.mismatched)} mismatched and {len(errors)} "
                 f"unreadable of {verification.n_blocks} blocks"
             ),
             metadata={
                 "n_blocks": verification.n_blocks,
                 "mismatched_blocks": dg.MetadataValue.json(verification.mismatched[:100]),
-                "errors": dg.MetadataValue.json(verification.errors[:20]),
+                "errors": dg.MetadataValue.json(errors[:20]),
             },
         )
         return dg.MaterializeResult(
