@@ -213,6 +213,7 @@ METRICS = (
     "precision",
     "recall",
     "dice_tolerance",
+    "dice_band",
     "hausdorff_nm",
     "hausdorff95_nm",
     "instance_f1",

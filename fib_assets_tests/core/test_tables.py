@@ -159,6 +159,7 @@ def _evaluation(regions: list[str], rng: np.random.Generator) -> pd.DataFrame:
                         "precision": d,
                         "recall": d,
                         "dice_tolerance": min(1.0, d + 0.1),
+                        "dice_band": d,
                         "hausdorff_nm": 120.0,
                         "hausdorff95_nm": 80.0 + 10 * shift,
                         "instance_f1": d,
