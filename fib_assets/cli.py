@@ -136,6 +136,7 @@ def demo(
     from fib_assets.defs.resources import StorageResource, default_data_dir
     from fib_assets.demo import (
         default_dagster_home,
+        materialize_evaluation,
         materialize_region,
         materialize_training,
         materialize_unpartitioned,
@@ -161,6 +162,8 @@ def demo(
         tables = materialize_unpartitioned(defs, instance)
         typer.echo("training demo models and segmenting the test regions …")
         training = materialize_training(defs, instance)
+        typer.echo("evaluating the test regions and building the benchmark tables …")
+        evaluated = materialize_evaluation(defs, instance, training.split.get("test", []))
     typer.echo("\nSummary")
     for o in outcomes:
         state = "reused" if o.reused else ("ok" if o.success else "stopped")
@@ -192,6 +195,30 @@ def demo(
     typer.echo(
         f"  training part: {training.wall_seconds:.0f} s wall, {training.cpu_seconds:.0f} s CPU"
     )
+    for name, state in evaluated["states"].items():
+        typer.echo(f"  {name}: {state}")
+    head = evaluated["headline"]
+    if "segmentation_benchmark" in head:
+        df = head["segmentation_benchmark"]
+        for _, r in df[df.metric == "dice"].iterrows():
+            typer.echo(
+                f"      Dice {r.experiment}/{r.organelle}: {r['mean']:.3f} "
+                f"[{r.ci_low:.3f}, {r.ci_high:.3f}] over {r.n_regions} test region(s)"
+            )
+    if "intervention_benchmark" in head:
+        for _, r in head["intervention_benchmark"].iterrows():
+            typer.echo(
+                f"      {r.curator_intervention} ({r.experiment} vs {r.baseline}) "
+                f"{r.organelle}: Dice gain {r.gain:+.3f}, {r.curator_minutes:.0f} curator min "
+                f"(assumed), {r.device_hours:.3f} device-h"
+            )
+    if "infrastructure_benchmark" in head:
+        df = head["infrastructure_benchmark"]
+        for (infra, kind), g in df.groupby(["infrastructure", "kind"]):
+            typer.echo(
+                f"      {kind} on {infra}: {len(g)} runs, {g.device_hours.sum():.3f} device-h, "
+                f"{g.cost_usd.sum():.4f} USD"
+            )
     typer.echo(
         f"\nData under {data}/storage; instance at {home}.\n"
         "Next: `make ui` and open http://127.0.0.1:3000 (Assets → raw_volume → Partitions), "

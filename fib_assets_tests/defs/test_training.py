@@ -366,6 +366,56 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert set(second.segmentations.values()) == {"reused"}
         assert second.test_dice == first.test_dice
 
+        # the evaluation tables of [E] over the same instance, built for the test experiments
+        from fib_assets.defs.benchmarks.evaluation import build_evaluation_assets
+        from fib_assets.demo import materialize_evaluation
+
+        evaluation_assets = build_evaluation_assets(declared)
+        eval_keys = {k for a in evaluation_assets for k in a.keys}
+        eval_defs = dg.Definitions(
+            assets=[
+                a
+                for a in assets
+                if not (isinstance(a, dg.AssetsDefinition) and set(a.keys) & eval_keys)
+            ]
+            + evaluation_assets,
+            resources=resources,
+        )
+        tables_out = materialize_evaluation(eval_defs, instance, [test_region])
+        assert set(tables_out["states"].values()) == {"ok"}, tables_out["states"]
+        seg_bench = tables_out["headline"]["segmentation_benchmark"]
+        dice = seg_bench[seg_bench.metric == "dice"].set_index(["experiment", "organelle"])
+        # core/metrics (evaluation) and core/ml (segmentation metadata) pool the same crops
+        for exp, per_region in first.test_dice.items():
+            for cls, value in per_region[test_region].items():
+                assert dice.loc[(exp, cls), "mean"] == pytest.approx(value)
+                assert dice.loc[(exp, cls), "n_regions"] == 1
+        gains = tables_out["headline"]["intervention_benchmark"].set_index("organelle")
+        assert set(gains["experiment"]) == {"tiny_transfer"}
+        assert gains.loc["mito", "gain"] == pytest.approx(
+            dice.loc[("tiny_transfer", "mito"), "mean"] - dice.loc[("tiny_mito", "mito"), "mean"]
+        )
+        infra = tables_out["headline"]["infrastructure_benchmark"]
+        n_models = len(instance.fetch_materializations(dg.AssetKey("organelle_model"), 100).records)
+        n_preds = len(instance.fetch_materializations(dg.AssetKey("predictions"), 100).records)
+        assert len(infra) == n_models + n_preds
+        assert set(infra["infrastructure"]) == {"local_cpu"}
+        assert (infra["cost_usd"] > 0).all()
+        # a training region gets no evaluation rows (its score would be biased)
+        train_eval = _run(eval_defs.assets, instance, resources, ["evaluation"],
+                          train_region)  # fmt: skip
+        assert (
+            train_eval.success
+            and _mat(train_eval, "evaluation").metadata["dagster/row_count"].value == 0
+        )
+        # asking the benchmark for more test regions than exist fails its check
+        too_many = _run(
+            eval_defs.assets, instance, resources, ["segmentation_benchmark"], None,
+            {"ops": {"segmentation_benchmark": {"config": {"n_regions": 3}}}},
+        )  # fmt: skip
+        assert too_many.success
+        assert not [e for e in too_many.get_asset_check_evaluations()][0].passed
+
 
 def test_training_resumes_after_a_crash_and_selects_on_validation(tmp_path):
     """The training loop (no Dagster): a run killed after its first selection point resumes
