@@ -136,6 +136,7 @@ def demo(
     from fib_assets.defs.resources import StorageResource, default_data_dir
     from fib_assets.demo import (
         default_dagster_home,
+        materialize_correction_round,
         materialize_evaluation,
         materialize_region,
         materialize_training,
@@ -162,6 +163,15 @@ def demo(
         tables = materialize_unpartitioned(defs, instance)
         typer.echo("training demo models and segmenting the test regions …")
         training = materialize_training(defs, instance)
+        typer.echo("one simulated correction round on the training regions …")
+        round_states, round_minutes, round_training = materialize_correction_round(
+            defs, instance, training.split.get("train", [])
+        )
+        for name, state in round_training.models.items():
+            training.models[name] = state
+            training.validation.update(round_training.validation)
+            training.test_dice.update(round_training.test_dice)
+            training.segmentations.update(round_training.segmentations)
         typer.echo("evaluating the test regions and building the benchmark tables …")
         evaluated = materialize_evaluation(defs, instance, training.split.get("test", []))
     typer.echo("\nSummary")
@@ -195,6 +205,9 @@ def demo(
     typer.echo(
         f"  training part: {training.wall_seconds:.0f} s wall, {training.cpu_seconds:.0f} s CPU"
     )
+    for name, state in round_states.items():
+        typer.echo(f"  {name}: {state}")
+    typer.echo(f"  simulated curator: {round_minutes:.0f} minutes of corrections (effort model)")
     for name, state in evaluated["states"].items():
         typer.echo(f"  {name}: {state}")
     head = evaluated["headline"]
@@ -209,8 +222,8 @@ def demo(
         for _, r in head["intervention_benchmark"].iterrows():
             typer.echo(
                 f"      {r.curator_intervention} ({r.experiment} vs {r.baseline}) "
-                f"{r.organelle}: Dice gain {r.gain:+.3f}, {r.curator_minutes:.0f} curator min "
-                f"(assumed), {r.device_hours:.3f} device-h"
+                f"{r.organelle}: Dice gain {r.gain:+.3f}, {r.curator_minutes:.0f} curator min, "
+                f"{r.device_hours:.3f} device-h"
             )
     if "infrastructure_benchmark" in head:
         df = head["infrastructure_benchmark"]

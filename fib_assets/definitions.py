@@ -5,6 +5,7 @@ import dagster as dg
 from fib_assets.defs import (
     acquisitions,
     benchmarks,
+    curation,
     formats,
     ground_truth,
     jobs,
@@ -23,6 +24,7 @@ FAMILIES = [
     formats.defs,
     ground_truth.defs,
     training.defs,
+    curation.defs,
     benchmarks.defs,
     provenance.defs,
 ]

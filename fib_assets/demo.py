@@ -114,7 +114,7 @@ def register_regions(instance: dg.DagsterInstance, landing: Path) -> list[str]:
 
 # groups that need trained models: the demo runs them after all regions (materialize_training,
 # materialize_evaluation), never in the per-region runs
-LATE_GROUPS = frozenset({"training", "evaluation"})
+LATE_GROUPS = frozenset({"training", "evaluation", "curation"})
 
 # assets the demo never runs by itself: uploading to the institutional repository is a curator's
 # decision (and needs FIGSHARE_TOKEN); the deposit package is built on request (fib-assets deposit)
@@ -372,3 +372,63 @@ def materialize_evaluation(
             uri = str(_meta(recs[0])["dagster/uri"])
             out["headline"][name] = pd.read_parquet(uri)
     return out
+
+
+# the demo's curator-in-the-loop round: corrections of demo_mito_scratch's most uncertain blocks
+DEMO_ROUND = {"baseline": "demo_mito_scratch", "experiment": "demo_mito_round1", "round": 1}
+
+
+def materialize_correction_round(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    train_regions: list[str],
+    *,
+    baseline: str = DEMO_ROUND["baseline"],  # type: ignore[assignment]
+    experiment: str = DEMO_ROUND["experiment"],  # type: ignore[assignment]
+    correction_round: int = DEMO_ROUND["round"],  # type: ignore[assignment]
+) -> tuple[dict[str, str], float, DemoTraining]:
+    """One simulated correction round: for each training region, predictions of ``baseline`` →
+    proofreading_tasks → simulated_corrections (into the inbox) → ground_truth_crops (the next
+    revision); then organelle_model[``experiment``] on it and the test regions' segmentation.
+    Idempotent: skipped when the round's model exists. Returns (states, curator minutes,
+    the training step's outcome)."""
+    tags = {"fib_assets/demo": "1"}
+    states: dict[str, str] = {}
+    minutes = 0.0
+    model = dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("organelle_model"), asset_partitions=[experiment]
+    )
+    if not instance.fetch_materializations(model, limit=1).records:
+        for region in train_regions:
+            steps: list[tuple[str, dict[str, Any] | None]] = [
+                ("predictions", {"predictions": {"config": {"experiment": baseline}}}),
+                ("proofreading_tasks",
+                 {"proofreading_tasks": {"config": {"experiments": [baseline]}}}),
+                ("simulated_corrections",
+                 {"simulated_corrections": {"config": {"correction_round": correction_round}}}),
+                ("ground_truth_crops", None),
+            ]  # fmt: skip
+            for key, cfg in steps:
+                result = _materialize(defs, instance, [dg.AssetKey(key)], region, tags, cfg)
+                states[f"{key}[{region}]"] = "ok" if result.success else "FAILED"
+                if not result.success:
+                    break
+                if key == "simulated_corrections":
+                    for ev in result.get_asset_materialization_events():
+                        meta = ev.materialization.metadata
+                        minutes += float(meta["curator_minutes"].value)  # type: ignore[arg-type]
+    else:
+        states["correction round"] = "reused"
+        recs = instance.fetch_materializations(dg.AssetKey("simulated_corrections"), 100).records
+        seen: set[str] = set()
+        for rec in recs:
+            part = (
+                rec.event_log_entry.dagster_event.partition
+                if rec.event_log_entry.dagster_event
+                else None
+            )
+            meta = _meta(rec)
+            if part not in seen and meta.get("correction_round") == correction_round:
+                seen.add(str(part))
+                minutes += float(meta.get("curator_minutes", 0.0))
+    return states, minutes, materialize_training(defs, instance, [experiment])

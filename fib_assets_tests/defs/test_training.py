@@ -416,6 +416,54 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert too_many.success
         assert not [e for e in too_many.get_asset_check_evaluations()][0].passed
 
+        # one simulated correction round on the training region (curation family): tasks avoid
+        # the region's test crops, corrections arrive in the inbox with the effort model's
+        # minutes, and ground_truth_crops turns them into the next accepted revision
+        before = labels.RevisionStore(storage / "ground_truth_crops" / train_region).current()
+        pred = _run(eval_defs.assets, instance, resources, ["predictions"], train_region,
+                    _infer("tiny_mito", ["predictions"]))  # fmt: skip
+        assert pred.success
+        tasks_run = _run(
+            eval_defs.assets, instance, resources, ["proofreading_tasks"], train_region,
+            {"ops": {"proofreading_tasks": {"config": {"k": 2, "block_edge": 8}}}},
+        )  # fmt: skip
+        assert tasks_run.success, _failure(tasks_run)
+        from fib_assets.core.curation.tasks import TaskList
+
+        task_list = TaskList.load(
+            str(_mat(tasks_run, "proofreading_tasks").metadata["dagster/uri"].value)
+        )
+        assert len(task_list.tasks) == 2
+        held_out = [c.roi for c in before.crops if c.split != "train"]
+        for task in task_list.tasks:
+            assert all(task.roi.intersect(t).size == 0 for t in held_out)
+            assert Path(task.container).is_dir()
+        sim = _run(
+            eval_defs.assets, instance, resources, ["simulated_corrections"], train_region,
+            {"ops": {"simulated_corrections": {"config": {
+                "truth_dir": str(sample / "groundtruth"), "correction_round": 1}}}},
+        )  # fmt: skip
+        assert sim.success, _failure(sim)
+        sim_meta = _mat(sim, "simulated_corrections").metadata
+        assert sim_meta["curator_minutes"].value > 0
+        gt = _run(eval_defs.assets, instance, resources, ["ground_truth_crops"], train_region)
+        assert gt.success, _failure(gt)
+        after = labels.RevisionStore(storage / "ground_truth_crops" / train_region).current()
+        assert after.number > before.number
+        new_crops = {c.name for c in after.crops} - {c.name for c in before.crops}
+        assert new_crops == {t.task_id for t in task_list.tasks}
+        # the corrected crops hold the held-out truth at the task ROIs
+        import zarr as zarr_
+
+        truth = zarr_.open_array(str(sample / "groundtruth" / f"{train_region}.zarr"), mode="r")
+        for task in task_list.tasks:
+            np.testing.assert_array_equal(
+                after.read_crop(task.task_id), np.asarray(truth[task.roi.to_slices()])
+            )
+        assert sum(
+            float(c.minutes_spent or 0) for c in after.crops if c.name in new_crops
+        ) == pytest.approx(sim_meta["curator_minutes"].value)
+
 
 def test_training_resumes_after_a_crash_and_selects_on_validation(tmp_path):
     """The training loop (no Dagster): a run killed after its first selection point resumes

@@ -32,6 +32,7 @@ SEGMENTATION = dg.AssetKey("segmentation")
 PREDICTIONS = dg.AssetKey("predictions")
 ORGANELLE_MODEL = dg.AssetKey("organelle_model")
 EVALUATION = dg.AssetKey("evaluation")
+SIMULATED_CORRECTIONS = dg.AssetKey("simulated_corrections")
 
 
 def _records(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> list:
@@ -136,6 +137,24 @@ def _baseline(declared: Mapping[str, Experiment], name: str) -> str | None:
         if e.curator_intervention == "none" and e.classes == exp.classes and n != name
     ]
     return same[0] if same else None
+
+
+def _minutes_of(
+    instance: dg.DagsterInstance, intervention: str, assumed: Mapping[str, float]
+) -> float:
+    """Curator minutes of an intervention: the simulated (or logged) curator minutes of
+    correction round N summed over regions (newest simulated_corrections per region of that
+    round), else the configured assumption; NaN when unknown (no row is made)."""
+    if intervention.startswith("correction_round_"):
+        n = int(intervention.rsplit("_", 1)[1])
+        latest: dict[str, float] = {}
+        for rec in _records(instance, SIMULATED_CORRECTIONS):
+            m = _meta(rec)
+            part = rec.event_log_entry.dagster_event.partition or ""
+            if m.get("correction_round") == n and part not in latest:
+                latest[part] = float(m.get("curator_minutes", 0.0))
+        return sum(latest.values()) if latest else math.nan
+    return float(assumed.get(intervention, math.nan))
 
 
 def _compute_runs(instance: dg.DagsterInstance) -> list[tables.ComputeRun]:
@@ -342,6 +361,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         deps=[
             "segmentation_benchmark",
             dg.AssetDep(ORGANELLE_MODEL, partition_mapping=dg.AllPartitionMapping()),
+            dg.AssetDep(SIMULATED_CORRECTIONS, partition_mapping=dg.AllPartitionMapping()),
         ],
         check_specs=[
             dg.AssetCheckSpec(
@@ -359,8 +379,8 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         """Metric gain of each intervention over its baseline experiment (its ``from:`` source, else
         the scratch experiment with the same classes), per curator-hour and per device-hour of
         training. Curator minutes of pre-processing and transfer set-up are configured assumptions
-        (recorded in the metadata); correction rounds will take the simulated curator's logged
-        minutes once wired."""
+        (recorded in the metadata); correction round N takes the simulated curator's logged
+        minutes of round N summed over regions."""
         res = context.instance.fetch_materializations(
             dg.AssetKey("segmentation_benchmark"), limit=1
         )
@@ -385,7 +405,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
                     name,
                     exp.curator_intervention,
                     _baseline(declared, name),
-                    minutes.get(exp.curator_intervention, math.nan),
+                    _minutes_of(context.instance, exp.curator_intervention, minutes),
                     float(m.get("wall_time_s", 0.0)) / 3600.0,
                     str(m.get("device", "")),
                 )  # fmt: skip
