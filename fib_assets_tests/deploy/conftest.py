@@ -162,3 +162,11 @@ def s3_server() -> Iterator[S3Server]:
     finally:
         mp.undo()
         server.stop()
+
+
+@pytest.fixture()
+def scratch(tmp_path, monkeypatch) -> Path:
+    """A pod-local scratch dir of our own (the ledger cache), so tests can 'replace the pod'."""
+    path = tmp_path / "scratch"
+    monkeypatch.setenv("FIB_ASSETS_SCRATCH", str(path))
+    return path

@@ -28,14 +28,6 @@ PLAN_KW = {"chunks": (8, 16, 16), "shards": (8, 32, 32), "min_level_size": 8}
 
 
 @pytest.fixture()
-def scratch(tmp_path, monkeypatch) -> Path:
-    """A pod-local scratch dir of our own (the ledger cache), so tests can 'replace the pod'."""
-    path = tmp_path / "scratch"
-    monkeypatch.setenv("FIB_ASSETS_SCRATCH", str(path))
-    return path
-
-
-@pytest.fixture()
 def plan(tiny_sample):
     return assemble.plan_raw_volume(
         inventory_region(Path(tiny_sample) / "landing" / "r001"), **PLAN_KW

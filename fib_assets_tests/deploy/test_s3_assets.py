@@ -64,13 +64,6 @@ def _mats(res) -> dict:
 
 
 @pytest.fixture()
-def scratch(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "scratch"
-    monkeypatch.setenv("FIB_ASSETS_SCRATCH", str(path))
-    return path
-
-
-@pytest.fixture()
 def landing(tmp_path, tiny_sample) -> Path:
     out = tmp_path / "landing"
     shutil.copytree(tiny_sample / "landing", out)
