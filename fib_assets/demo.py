@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from fib_assets.core.acquisition.region import check_region_complete
+from fib_assets.defs.metadata import record_metadata
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import REPO_ROOT
 
@@ -255,11 +256,6 @@ def _cpu_seconds() -> float:
     return float(r.ru_utime + r.ru_stime)
 
 
-def _meta(rec: Any) -> dict[str, Any]:
-    mat = rec.event_log_entry.asset_materialization
-    return {k: v.value for k, v in mat.metadata.items()} if mat is not None else {}
-
-
 def _segmentation_of(
     instance: dg.DagsterInstance, region: str, experiment: str, sha: str
 ) -> dict[str, Any] | None:
@@ -269,7 +265,7 @@ def _segmentation_of(
         limit=20,
     )
     for rec in res.records:
-        meta = _meta(rec)
+        meta = record_metadata(rec)
         if meta.get("experiment") == experiment and meta.get("checkpoint_sha256") == sha:
             return meta
     return None
@@ -310,7 +306,7 @@ def materialize_training(
         recs = instance.fetch_materializations(filt, limit=1).records
         if not recs:
             continue
-        meta = _meta(recs[0])
+        meta = record_metadata(recs[0])
         out.validation[name] = {
             k.removeprefix("validation_dice_"): float(v)
             for k, v in meta.items()
@@ -369,7 +365,7 @@ def materialize_evaluation(
         )
         recs = instance.fetch_materializations(dg.AssetKey(name), limit=1).records
         if result.success and recs:
-            uri = str(_meta(recs[0])["dagster/uri"])
+            uri = str(record_metadata(recs[0])["dagster/uri"])
             out["headline"][name] = pd.read_parquet(uri)
     return out
 
@@ -427,7 +423,7 @@ def materialize_correction_round(
                 if rec.event_log_entry.dagster_event
                 else None
             )
-            meta = _meta(rec)
+            meta = record_metadata(rec)
             if part not in seen and meta.get("correction_round") == correction_round:
                 seen.add(str(part))
                 minutes += float(meta.get("curator_minutes", 0.0))

@@ -39,6 +39,32 @@ def latest_materialization(
     }
 
 
+def record_metadata(rec: Any) -> dict[str, Any]:
+    """The metadata values of one materialization record (empty for a non-materialization)."""
+    mat = rec.event_log_entry.asset_materialization
+    return {k: v.value for k, v in mat.metadata.items()} if mat is not None else {}
+
+
+def all_materializations(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None
+) -> list[Any]:
+    """Every materialization record of ``key`` (of one partition), newest first (paged)."""
+    out: list[Any] = []
+    cursor = None
+    while True:
+        res = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=key, asset_partitions=[partition] if partition else None
+            ),
+            limit=500,
+            cursor=cursor,
+        )
+        out += res.records
+        if not res.has_more:
+            return out
+        cursor = res.cursor
+
+
 def _table(df: pd.DataFrame, max_rows: int = 12) -> str:
     head = df.head(max_rows)
     cols = list(head.columns)

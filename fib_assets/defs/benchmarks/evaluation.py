@@ -19,7 +19,11 @@ from fib_assets.core.ml.experiments import Experiment
 from fib_assets.core.preview import markdown_image
 from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.deployment import deployment_profile
-from fib_assets.defs.metadata import latest_materialization
+from fib_assets.defs.metadata import (
+    all_materializations,
+    latest_materialization,
+    record_metadata,
+)
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
 from fib_assets.defs.training import DECLARED
@@ -33,29 +37,6 @@ PREDICTIONS = dg.AssetKey("predictions")
 ORGANELLE_MODEL = dg.AssetKey("organelle_model")
 EVALUATION = dg.AssetKey("evaluation")
 SIMULATED_CORRECTIONS = dg.AssetKey("simulated_corrections")
-
-
-def _records(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None = None) -> list:
-    """Every materialization record of ``key`` (of one partition), newest first."""
-    out: list = []
-    cursor = None
-    while True:
-        res = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=key, asset_partitions=[partition] if partition else None
-            ),
-            limit=500,
-            cursor=cursor,
-        )
-        out += res.records
-        if not res.has_more:
-            return out
-        cursor = res.cursor
-
-
-def _meta(rec: Any) -> dict[str, Any]:
-    mat = rec.event_log_entry.asset_materialization
-    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def _write_table(storage: StorageResource, name: str, df: pd.DataFrame, md: str) -> Path:
@@ -148,8 +129,8 @@ def _minutes_of(
     if intervention.startswith("correction_round_"):
         n = int(intervention.rsplit("_", 1)[1])
         latest: dict[str, float] = {}
-        for rec in _records(instance, SIMULATED_CORRECTIONS):
-            m = _meta(rec)
+        for rec in all_materializations(instance, SIMULATED_CORRECTIONS):
+            m = record_metadata(rec)
             part = rec.event_log_entry.dagster_event.partition or ""
             if m.get("correction_round") == n and part not in latest:
                 latest[part] = float(m.get("curator_minutes", 0.0))
@@ -164,8 +145,8 @@ def _compute_runs(instance: dg.DagsterInstance) -> list[tables.ComputeRun]:
         (ORGANELLE_MODEL, "training", "wall_time_s"),
         (PREDICTIONS, "inference", "seconds"),
     ):
-        for rec in _records(instance, key):
-            m = _meta(rec)
+        for rec in all_materializations(instance, key):
+            m = record_metadata(rec)
             seconds = float(m.get(seconds_key, 0.0) or 0.0)
             if seconds <= 0:
                 continue
@@ -224,8 +205,8 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         seen: set[str] = set()
         revision = _revision_store(storage, region).current()
         if role == "test" and revision is not None:
-            for rec in _records(context.instance, SEGMENTATION, region):
-                seg = _meta(rec)
+            for rec in all_materializations(context.instance, SEGMENTATION, region):
+                seg = record_metadata(rec)
                 exp = str(seg.get("experiment"))
                 if exp in seen or exp not in declared:
                     continue
@@ -386,7 +367,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         )
         if not res.records:
             raise dg.Failure("segmentation_benchmark is not materialized")
-        meta = _meta(res.records[0])
+        meta = record_metadata(res.records[0])
         seg = pd.read_parquet(str(meta["dagster/uri"]))
         n_regions = len(meta.get("regions_sampled") or [])
         costs = []

@@ -17,7 +17,11 @@ from fib_assets.core.geometry import Roi
 from fib_assets.core.ml.classes import resolve_class
 from fib_assets.core.provenance.code_version import code_version_of
 from fib_assets.defs.ground_truth.resources import AnnotationsResource
-from fib_assets.defs.metadata import latest_materialization
+from fib_assets.defs.metadata import (
+    all_materializations,
+    latest_materialization,
+    record_metadata,
+)
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource, default_data_dir
 from fib_assets.defs.training.assets import _revision_store, current_split
@@ -32,13 +36,8 @@ SIMULATED_CURATOR = "simulated-curator"
 def _latest_predictions(instance: dg.DagsterInstance, region: str) -> dict[str, str]:
     """experiment -> newest predictions container of ``region`` (one per experiment)."""
     out: dict[str, str] = {}
-    res = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=PREDICTIONS, asset_partitions=[region]), limit=100
-    )
-    for rec in res.records:
-        mat = rec.event_log_entry.asset_materialization
-        assert mat is not None
-        meta = {k: v.value for k, v in mat.metadata.items()}
+    for rec in all_materializations(instance, PREDICTIONS, region):
+        meta = record_metadata(rec)
         out.setdefault(str(meta.get("experiment")), str(meta["dagster/uri"]))
     return out
 
