@@ -606,3 +606,56 @@ class Staging:
             # keep what the writer recorded in its own marker (e.g. the Zarr plan fingerprint)
             known = read_json(marker_url(self.url)) if is_complete(self.url) else {}
             mark_complete(self.url, {**known, **dict(info or {})})
+
+
+# --- streaming reads (fixity, packaging) --------------------------------------------------------
+
+
+def open_input(location: str | os.PathLike[str]) -> Any:
+    """A binary file object reading ``location`` (a local file or one object), buffered in
+    ``_COPY_BUF`` pieces so that callers stream objects of any size in bounded memory. Use it
+    as a context manager; FileNotFoundError names the location when it is absent."""
+    if not is_remote(location):
+        return open(_local(location), "rb")
+    fs, path = filesystem(location)
+    try:
+        return fs.open(path, "rb", block_size=_COPY_BUF)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{normalize(location)}: no such object") from err
+
+
+def hash_location(
+    location: str | os.PathLike[str], algorithms: tuple[str, ...] = ("sha256",)
+) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of the bytes at ``location`` (a local file or one object),
+    every algorithm in one streamed pass (bounded memory, whatever the size)."""
+    hashes = {a: hashlib.new(a) for a in algorithms}
+    with open_input(location) as f:
+        while chunk := f.read(_COPY_BUF):
+            for h in hashes.values():
+                h.update(chunk)
+    return {a: h.hexdigest() for a, h in hashes.items()}
+
+
+def copy_to_local(location: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy one file/object at ``location`` to the local file ``target`` (parents created),
+    streamed; returns ``target``."""
+    dst = Path(os.fspath(target))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not is_remote(location):
+        shutil.copyfile(_local(location), dst)
+        return dst
+    fs, path = filesystem(location)
+    try:
+        fs.get_file(path, str(dst))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{normalize(location)}: no such object") from err
+    return dst
+
+
+def is_file(location: str | os.PathLike[str]) -> bool:
+    """Whether a single file (locally) or a single object (not a prefix) is at ``location``."""
+    if not is_remote(location):
+        return _local(location).is_file()
+    fs, path = filesystem(location)
+    return bool(fs.isfile(path))
