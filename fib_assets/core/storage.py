@@ -659,3 +659,66 @@ def is_file(location: str | os.PathLike[str]) -> bool:
         return _local(location).is_file()
     fs, path = filesystem(location)
     return bool(fs.isfile(path))
+
+
+# --- listing, forgetting markers, local copies for readers of local files ------------------------
+
+
+def list_names(location: str | os.PathLike[str]) -> list[str]:
+    """Sorted names of the immediate children of a directory/prefix (files and sub-folders;
+    on an object store a "folder" is a common key prefix). Absent: an empty list."""
+    if not is_remote(location):
+        p = _local(location)
+        return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
+    fs, path = filesystem(location)
+    try:
+        found = fs.ls(path.rstrip("/"), detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    return sorted({str(k).rstrip("/").rpartition("/")[2] for k in found} - {""})
+
+
+def forget_blocks(ledger: BlockLedger) -> None:
+    """Remove the done-markers of ``ledger``'s prefix only (other stages of the same plan keep
+    theirs): for outputs that were removed behind the ledger's back and must be redone."""
+    ids = ledger.done_ids()
+    if isinstance(ledger, ObjectBlockLedger):
+        for block_id in ids:
+            remove(ledger._object(block_id))
+    for block_id in ids:
+        ledger._marker(block_id).unlink(missing_ok=True)
+
+
+def fetch(location: str | os.PathLike[str]) -> Path:
+    """A local path to read a published file or tree from, for readers that only open local
+    files (``torch.load``, ``np.load``...).
+
+    Local: the location itself. Object store: a copy in pod-local scratch
+    (``<scratch>/fetched/<key>/<name>``), downloaded and checked against the completion
+    marker's manifest (:func:`download_verified`), renamed into place when whole, and reused
+    while the marker is unchanged (the key hashes the URL and the marker's bytes, so a
+    republished container is fetched again). Raises FileNotFoundError naming the URL when
+    it has no completion marker, StorageError when an object differs from the marker."""
+    if not is_remote(location):
+        return _local(location)
+    url = normalize(location)
+    try:
+        marker = read_bytes(marker_url(url))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{url}: no completion marker (absent or half-written)") from err
+    key = hashlib.sha256(url.encode() + b"\0" + marker).hexdigest()[:24]
+    home = scratch_root() / "fetched" / key
+    target = home / name(url)
+    if target.exists():
+        return target
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=home))
+    try:
+        download_verified(url, tmp / name(url))
+        os.replace(tmp / name(url), target)
+    except OSError:
+        if not target.exists():  # a concurrent fetch of the same version wins, else re-raise
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
