@@ -46,13 +46,12 @@ from fib_assets.core.provenance.audit import (
     CHECK_SUCCEEDED,
     AuditReport,
     CheckResult,
-    FixityProblem,
     FixityResult,
     Link,
     UpstreamUse,
     link_id,
 )
-from fib_assets.core.provenance.fixity import sha256_file, verify_manifest
+from fib_assets.core.provenance.fixity import verify_sources
 
 UPSTREAM_METADATA_KEY = "upstream"
 ENVIRONMENT_METADATA_KEY = "environment"
@@ -220,36 +219,17 @@ def _check_results(
 
 def fixity_of_metadata(meta: dict[str, Any], verify: bool) -> FixityResult | None:
     """Re-verify the source files of a root materialization against its sha256 manifest
-    (metadata ``manifest`` = path of the manifest, ``source`` = folder of the files)."""
+    (metadata ``manifest`` = location of the manifest, a path or an ``s3://`` object;
+    ``source`` = folder of the files)."""
     manifest, source = meta.get("manifest"), meta.get("source")
     if not manifest or not source:
         return None
-    manifest_path, root = Path(str(manifest)), Path(str(source))
     expected = meta.get("manifest_sha256")
-    if not manifest_path.is_file():
-        return FixityResult(
-            str(root),
-            str(manifest_path),
-            0,
-            error=f"manifest {manifest_path} is missing",
-            manifest_expected_sha256=str(expected) if expected else None,
-        )
-    text = manifest_path.read_text()
-    n = sum(1 for line in text.splitlines() if line.strip())
-    actual = sha256_file(manifest_path)
-    problems: tuple[FixityProblem, ...] = ()
-    if verify:
-        problems = tuple(
-            FixityProblem(m.name, str(root / m.name), m.expected, m.actual)
-            for m in verify_manifest(root, text)
-        )
-    return FixityResult(
-        str(root),
-        str(manifest_path),
-        n,
-        problems,
-        manifest_expected_sha256=str(expected) if expected else None,
-        manifest_actual_sha256=actual,
+    return verify_sources(
+        str(manifest),
+        str(source),
+        expected_manifest_sha256=str(expected) if expected else None,
+        verify=verify,
     )
 
 

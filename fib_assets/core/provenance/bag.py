@@ -8,6 +8,11 @@ files: ``zarr.json``, ``attributes.json``, ``*.json``/``*.yaml``/``*.txt``/``*.p
 location in ``external-locations-sha256.tsv`` inside the payload. BagIt's ``fetch.txt`` is not
 used for those files: BagIt requires fetched files in the payload manifests, so a bag that
 deliberately leaves them out could never validate.
+
+Sources may be local files or ``s3://`` objects (:mod:`fib_assets.core.storage`): a bag is
+always built in a local folder (on an object-store root, bounded scratch that is then
+published), and :func:`validate_bag_at` re-verifies a published bag where it is — every object
+streamed once through sha256 and sha512, nothing downloaded.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 
 import bagit
 
+from fib_assets.core import storage
 from fib_assets.core.blockwise import atomic_write_bytes
-from fib_assets.core.provenance.fixity import sha256_file
+from fib_assets.core.provenance.fixity import sha256_file, sha256_of
 
 CHECKSUMS = ("sha256", "sha512")
 EXTERNAL_MANIFEST = "external-locations-sha256.tsv"
@@ -69,15 +75,38 @@ class PayloadGroup:
 
 
 def collect_group(
-    name: str, root: Path, dest_prefix: str, *, known_sha256: Mapping[str, str] | None = None
+    name: str,
+    root: str | os.PathLike[str],
+    dest_prefix: str,
+    *,
+    known_sha256: Mapping[str, str] | None = None,
 ) -> PayloadGroup:
-    """A group of every file under ``root`` (a file or a folder), placed under ``dest_prefix``.
+    """A group of every file under ``root`` (a file or a folder; locally or an ``s3://`` object
+    or prefix), placed under ``dest_prefix``.
 
     ``known_sha256`` maps paths relative to ``root`` to digests already recorded (fixity
     manifests), so external files need not be re-hashed.
     """
-    root = Path(root)
     known = known_sha256 or {}
+    if storage.is_remote(root):
+        url = storage.normalize(root)
+        if storage.is_file(url):
+            rel = storage.name(url)
+            size = storage.list_files(url).get(rel, 0)
+            return PayloadGroup(
+                name, (PayloadFile(url, f"{dest_prefix}/{rel}", size, known.get(rel)),)
+            )
+        objects = storage.list_files(url)
+        if not objects:
+            raise FileNotFoundError(f"{name}: {url} does not exist (no object under it)")
+        return PayloadGroup(
+            name,
+            tuple(
+                PayloadFile(storage.join(url, rel), f"{dest_prefix}/{rel}", size, known.get(rel))
+                for rel, size in sorted(objects.items())
+            ),
+        )
+    root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{name}: {root} does not exist")
     if root.is_file():
@@ -99,16 +128,28 @@ def collect_group(
 
 
 def listed_group(
-    name: str, root: Path, dest_prefix: str, entries: Iterable[tuple[str, str]]
+    name: str, root: str | os.PathLike[str], dest_prefix: str, entries: Iterable[tuple[str, str]]
 ) -> PayloadGroup:
-    """A group of the files a sha256 manifest lists (``(relative name, sha256)``) under ``root``.
-    A listed file that is missing raises FileNotFoundError naming it."""
+    """A group of the files a sha256 manifest lists (``(relative name, sha256)``) under ``root``
+    (a folder or an ``s3://`` prefix). A listed file that is missing raises FileNotFoundError
+    naming it."""
+    entries = list(entries)
+    remote = storage.is_remote(root)
+    sizes = storage.list_files(root) if remote and storage.exists(root) else {}
     files = []
     for rel, digest in entries:
-        p = Path(root) / rel
-        if not p.is_file():
-            raise FileNotFoundError(f"{name}: source file {p} listed in its manifest is missing")
-        files.append(PayloadFile(str(p), f"{dest_prefix}/{rel}", p.stat().st_size, digest))
+        if remote:
+            p = storage.join(root, rel)
+            if rel not in sizes:
+                raise FileNotFoundError(
+                    f"{name}: source file {p} listed in its manifest is missing"
+                )
+            files.append(PayloadFile(p, f"{dest_prefix}/{rel}", sizes[rel], digest))
+            continue
+        lp = Path(root) / rel
+        if not lp.is_file():
+            raise FileNotFoundError(f"{name}: source file {lp} listed in its manifest is missing")
+        files.append(PayloadFile(str(lp), f"{dest_prefix}/{rel}", lp.stat().st_size, digest))
     return PayloadGroup(name, tuple(files))
 
 
@@ -206,11 +247,10 @@ def write_payload(plan: PayloadPlan, payload: Path) -> list[ExternalLocation]:
     change the deposit silently."""
     payload = Path(payload)
     for f in plan.included:
-        dst = payload / f.dest
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(f.source, dst)
+        # streamed from a local file or an object (no whole-file buffers)
+        storage.copy_to_local(f.source, payload / f.dest)
     externals = [
-        ExternalLocation(f.dest, _uri(f.source), f.size, f.sha256 or sha256_file(Path(f.source)))
+        ExternalLocation(f.dest, _uri(f.source), f.size, f.sha256 or sha256_of(f.source))
         for f in plan.external
     ]
     if externals:
@@ -292,10 +332,136 @@ def validate_bag(path: Path) -> dict[str, Any]:
     }
 
 
-def bag_digest(path: Path) -> str:
-    """Content identity of a bag: sha256 of its sha256 tag manifest (which covers the payload
-    manifests and bag-info.txt)."""
-    return sha256_file(Path(path) / "tagmanifest-sha256.txt")
+def bag_digest(path: str | os.PathLike[str]) -> str:
+    """Content identity of a bag (a local folder or a published ``s3://`` bag): sha256 of its
+    sha256 tag manifest (which covers the payload manifests and bag-info.txt)."""
+    return sha256_of(storage.join(path, "tagmanifest-sha256.txt"))
+
+
+def validate_bag_at(location: str | os.PathLike[str]) -> dict[str, Any]:
+    """Full validation of the bag at ``location``: :func:`validate_bag` for a local folder;
+    for an ``s3://`` bag, :func:`validate_published_bag` (objects re-hashed where they are)."""
+    if storage.is_remote(location):
+        return validate_published_bag(str(location))
+    return validate_bag(Path(location))
+
+
+def _tag_fields(text: str) -> dict[str, str | list[str]]:
+    """``Label: value`` lines of bagit.txt / bag-info.txt (continuations folded; repeated
+    labels become lists), as bagit reads them."""
+    out: dict[str, str | list[str]] = {}
+    label: str | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line[0] in " \t" and label is not None:
+            prev = out[label]
+            if isinstance(prev, list):
+                prev[-1] += " " + line.strip()
+            else:
+                out[label] = prev + " " + line.strip()
+            continue
+        label, _, value = line.partition(":")
+        label, value = label.strip(), value.strip()
+        if label in out:
+            prev = out[label]
+            out[label] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[label] = value
+    return out
+
+
+def _manifest_entries(text: str, where: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.strip().split(None, 1)
+        if len(parts) != 2:
+            raise BagInvalid(f"{where}: malformed manifest line {line!r}")
+        digest, rel = parts
+        # bagit percent-encodes only CR, LF and '%' in manifest paths
+        rel = rel.replace("%0D", "\r").replace("%0A", "\n").replace("%25", "%")
+        entries[rel] = digest.lower()
+    return entries
+
+
+def validate_published_bag(url: str) -> dict[str, Any]:
+    """bagit's full validation of a bag published on an object store, without downloading it:
+    the completion marker must exist (no half-published bag is valid); every payload and tag
+    file listed in the ``manifest-<alg>.txt`` / ``tagmanifest-<alg>.txt`` objects is streamed
+    once through all their algorithms (sha256 and sha512) and compared; missing and
+    unexpected payload objects and the Payload-Oxum are checked; every object's sha256 is also
+    compared with the completion marker's record. Raises BagInvalid naming the bag and each
+    offending object."""
+    url = storage.normalize(url)
+    if not storage.is_complete(url):
+        raise BagInvalid(
+            f"bag {url} is invalid: no completion marker {storage.marker_url(url)} "
+            "(absent, or its publication was interrupted)"
+        )
+    marker = storage.read_json(storage.marker_url(url))
+    recorded: dict[str, dict[str, Any]] = marker.get("files") or {}
+    objects = storage.list_files(url)
+    if "bagit.txt" not in objects:
+        raise BagInvalid(f"bag {url} is invalid: no bagit.txt")
+    payload_manifests: dict[str, dict[str, str]] = {}
+    tag_manifests: dict[str, dict[str, str]] = {}
+    for rel in objects:
+        for prefix, into in (("manifest-", payload_manifests), ("tagmanifest-", tag_manifests)):
+            if "/" not in rel and rel.startswith(prefix) and rel.endswith(".txt"):
+                alg = rel[len(prefix) : -len(".txt")]
+                into[alg] = _manifest_entries(
+                    storage.read_text(storage.join(url, rel)), f"{url}/{rel}"
+                )
+    if not payload_manifests:
+        raise BagInvalid(f"bag {url} is invalid: no payload manifest (manifest-<alg>.txt)")
+    problems: list[str] = []
+    expected: dict[str, dict[str, str]] = {}  # rel -> {alg: digest}
+    for manifests in (payload_manifests, tag_manifests):
+        for alg, entries in manifests.items():
+            for rel, digest in entries.items():
+                expected.setdefault(rel, {})[alg] = digest
+    payload_listed = {rel for entries in payload_manifests.values() for rel in entries}
+    for alg, entries in payload_manifests.items():
+        for rel in sorted(payload_listed - set(entries)):
+            problems.append(f"{rel}: not in manifest-{alg}.txt (every manifest must list it)")
+    for rel in sorted(set(expected) - set(objects)):
+        problems.append(f"{rel}: listed in the manifest but missing")
+    payload_objects = {rel for rel in objects if rel.startswith("data/")}
+    for rel in sorted(payload_objects - payload_listed):
+        problems.append(f"{rel}: present but not in any manifest")
+    for rel in sorted(set(expected) & set(objects)):
+        algs = tuple(sorted(set(expected[rel]) | {"sha256"}))
+        found = storage.hash_location(storage.join(url, rel), algs)
+        for alg, digest in sorted(expected[rel].items()):
+            if found[alg] != digest:
+                problems.append(f"{rel}: {alg} is {found[alg]}, manifest records {digest}")
+        want = recorded.get(rel, {}).get("sha256")
+        if want is not None and found["sha256"] != want:
+            problems.append(
+                f"{rel}: sha256 is {found['sha256']}, its completion marker records {want}"
+            )
+    info = _tag_fields(storage.read_text(storage.join(url, "bag-info.txt"))) if (
+        "bag-info.txt" in objects
+    ) else {}  # fmt: skip
+    oxum = info.get("Payload-Oxum")
+    if isinstance(oxum, str) and oxum:
+        n_bytes = sum(objects[rel] for rel in payload_objects)
+        if oxum != f"{n_bytes}.{len(payload_objects)}":
+            problems.append(
+                f"Payload-Oxum {oxum} but the payload holds {len(payload_objects)} objects, "
+                f"{n_bytes} bytes"
+            )
+    if problems:
+        raise BagInvalid(f"bag {url} is invalid: {'; '.join(problems)}")
+    return {
+        "path": url,
+        "algorithms": sorted(payload_manifests),
+        "payload_files": len(payload_listed),
+        "payload_oxum": str(oxum or ""),
+        "bag_info": info,
+    }
 
 
 def zip_bag(path: Path, out: Path) -> Path:

@@ -3,7 +3,10 @@
 Describe, then do: :func:`plan_package` decides from an audit which files of the selected
 materializations go into the payload (the rest are external locations with checksums);
 :func:`build_package` writes, bags and validates it in a temporary folder and renames it into
-place only when the bag validates fully, the crate reads back and the DataCite XML parses.
+place only when the bag validates fully, the crate reads back and the DataCite XML parses. The
+selected materializations and their sources may be local files or ``s3://`` objects; the bag is
+always a local folder (on an object-store root, bounded scratch that the caller publishes with
+:class:`fib_assets.core.storage.Staging`).
 
 Payload layout (the bag's ``data/``, which is also the RO-Crate root)::
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fib_assets.core import storage
 from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json
 from fib_assets.core.provenance.audit import AuditReport, Link
 from fib_assets.core.provenance.bag import (
@@ -44,6 +48,7 @@ from fib_assets.core.provenance.bag import (
 )
 from fib_assets.core.provenance.crate import CrateInfo, OutputRef, build_crate, read_crate
 from fib_assets.core.provenance.datacite import DataCiteRecord, parse_xml
+from fib_assets.core.provenance.fixity import parse_manifest
 
 AUDIT_JSON = "provenance/audit.json"
 AUDIT_HTML = "provenance/audit.html"
@@ -76,12 +81,14 @@ def _folder(link: Link) -> str:
 
 def _manifest_entries(link: Link) -> list[tuple[str, str]]:
     assert link.fixity is not None
-    entries = []
-    for line in Path(link.fixity.manifest).read_text().splitlines():
-        if line.strip():
-            digest, name = line.split("  ", 1)
-            entries.append((name, digest))
-    return entries
+    return parse_manifest(storage.read_text(link.fixity.manifest))
+
+
+def _location_uri(location: str) -> str:
+    """``s3://`` URLs as they are, local paths as ``file://`` URIs."""
+    if storage.is_remote(location):
+        return storage.normalize(location)
+    return Path(location).resolve().as_uri()
 
 
 def plan_package(req: PackageRequest) -> tuple[PayloadPlan, list[PayloadGroup]]:
@@ -98,12 +105,12 @@ def plan_package(req: PackageRequest) -> tuple[PayloadPlan, list[PayloadGroup]]:
         if link.uri is None:
             raise PackageError(f"{lid} records no location (dagster/uri): nothing to deposit")
         try:
-            groups.append(collect_group(lid, Path(link.uri), f"assets/{_folder(link)}"))
+            groups.append(collect_group(lid, link.uri, f"assets/{_folder(link)}"))
             if link.fixity is not None:
                 groups.append(
                     listed_group(
                         f"{lid} sources",
-                        Path(link.fixity.root),
+                        link.fixity.root,
                         f"sources/{_folder(link)}",
                         _manifest_entries(link),
                     )
@@ -225,7 +232,7 @@ def build_package(req: PackageRequest, out_dir: Path) -> PackageResult:
             subset = lid in external_groups
             outputs[lid] = OutputRef(
                 payload_path=folder if (tmp / folder).is_dir() else None,
-                location=Path(link.uri).resolve().as_uri() if link.uri else None,
+                location=_location_uri(link.uri) if link.uri else None,
                 description=(
                     f"subset of {lid}; the other files are listed in {EXTERNAL_MANIFEST}"
                     if subset
@@ -237,7 +244,7 @@ def build_package(req: PackageRequest, out_dir: Path) -> PackageResult:
                 ssubset = f"{lid} sources" in external_groups
                 sources[lid] = OutputRef(
                     payload_path=sfolder if (tmp / sfolder).is_dir() else None,
-                    location=Path(link.fixity.root).resolve().as_uri(),
+                    location=_location_uri(link.fixity.root),
                     description=(
                         f"raw source files of {lid}"
                         + (f"; those left out are listed in {EXTERNAL_MANIFEST}" if ssubset else "")

@@ -6,6 +6,11 @@ deposit_package           BagIt bag (sha256+sha512) with RO-Crate, DataCite and 
                           selection chosen in the Launchpad; refused if the audit flags anything
                           unless a curator overrides it with a reason (recorded in the package)
 repository_draft          the package uploaded to a Figshare draft item; never published
+
+The storage root may be a local path or ``s3://bucket/prefix`` (fib_assets.core.storage, one code
+path): audits are written as objects, the bag is built in bounded local scratch and published
+object by object with read-back sha256 and its completion marker last, and a published bag is
+re-validated where it lives (every object streamed through sha256 and sha512).
 """
 
 import dataclasses
@@ -27,7 +32,8 @@ from fib_assets.audit import (
     selected_upstream,
     upstream_provenance,
 )
-from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json, fingerprint
+from fib_assets.core import storage as object_storage
+from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.geometry import RegionKeyError, validate_region_key
 from fib_assets.core.provenance import audit as core_audit
 from fib_assets.core.provenance import bag, crate, datacite, package
@@ -131,15 +137,18 @@ def provenance_audit(
         report = run_audits(graph, context.instance, pairs, verify_fixity=config.verify_fixity)
     except audit_module.AuditError as exc:
         raise dg.Failure(str(exc)) from exc
-    out = storage.asset_dir("provenance_audit", region) / f"audit-{report.fingerprint()[:16]}"
-    atomic_write_bytes(out / "audit.json", report.to_json().encode())
-    atomic_write_bytes(out / "audit.html", report.to_html().encode())
+    # a local folder or an s3:// prefix; each file written atomically (rename, or one PUT)
+    out = object_storage.join(
+        storage.asset_url("provenance_audit", region), f"audit-{report.fingerprint()[:16]}"
+    )
+    object_storage.write_bytes(object_storage.join(out, "audit.json"), report.to_json().encode())
+    object_storage.write_bytes(object_storage.join(out, "audit.html"), report.to_html().encode())
     context.log.info(f"{region}: {len(report.links)} links, {len(report.flags)} flags")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(report.fingerprint()),
         metadata={
-            "dagster/uri": dg.MetadataValue.path(str(out / "audit.html")),
-            "report_json": dg.MetadataValue.path(str(out / "audit.json")),
+            "dagster/uri": dg.MetadataValue.path(object_storage.join(out, "audit.html")),
+            "report_json": dg.MetadataValue.path(object_storage.join(out, "audit.json")),
             "targets": dg.MetadataValue.json(list(report.targets)),
             "n_links": len(report.links),
             "n_flags": len(report.flags),
@@ -291,15 +300,17 @@ def deposit_package(
         + fingerprint({"used": used, "config": config.model_dump(), "code": CODE_DEPOSIT})[:16]
     )
     dc = _datacite(config, report, selection, pkg_id)
-    out = Path(storage.root) / "deposit_package" / pkg_id
-    summary_path = out / "summary.json"
-    if summary_path.exists() and (out / "bag").is_dir():
+    folder = object_storage.join(storage.root, "deposit_package", pkg_id)
+    bag_url = object_storage.join(folder, "bag")
+    summary_url = object_storage.join(folder, "summary.json")
+    if object_storage.exists(summary_url) and object_storage.is_complete(bag_url):
         try:
-            bag.validate_bag(out / "bag")
+            bag.validate_bag_at(bag_url)
         except bag.BagInvalid as exc:
-            raise dg.Failure(f"{exc}. Delete {out} to rebuild the package.") from exc
-        context.log.info(f"reusing the valid package {out / 'bag'}")
-        result = package.PackageResult(**json.loads(summary_path.read_text()))
+            raise dg.Failure(f"{exc}. Delete {folder} to rebuild the package.") from exc
+        context.log.info(f"reusing the valid package {bag_url}")
+        result = package.PackageResult(**object_storage.read_json(summary_url))
+        mode = "reused after full validation where it is stored"
     else:
         req = PackageRequest(
             package_id=pkg_id,
@@ -310,16 +321,18 @@ def deposit_package(
             license_url=config.license_url,
             override=override,
         )
-        try:
-            result = build_package(req, out / "bag")
-        except (PackageError, bag.BagInvalid, crate.CrateInvalid) as exc:
-            raise dg.Failure(f"package {pkg_id} not built: {exc}") from exc
-        atomic_write_json(summary_path, dataclasses.asdict(result))
+        result = _build_and_publish(req, bag_url, summary_url)
+        mode = (
+            "built in local scratch, uploaded, read back (sha256) and marked complete"
+            if object_storage.is_remote(bag_url)
+            else "built in a temporary folder and renamed into place"
+        )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(result.digest),
         metadata={
             "dagster/uri": dg.MetadataValue.path(result.path),
             "package_id": pkg_id,
+            "storage_mode": mode,
             "selection": dg.MetadataValue.json(list(report.targets)),
             "title": dc.title,
             "payload": dg.MetadataValue.json(result.plan),
@@ -335,6 +348,33 @@ def deposit_package(
             "environment": dg.MetadataValue.json(runtime_environment()),
         },
     )
+
+
+def _build_and_publish(
+    req: PackageRequest, bag_url: str, summary_url: str
+) -> package.PackageResult:
+    """Build the bag where it can be written as files — in place on local disk, in bounded
+    scratch for an object store (sized from the payload plan, refused up front when it does
+    not fit) — and publish it: on S3 every object uploaded and read back (sha256), the summary
+    written, the completion marker LAST, so an interrupted publication leaves no package."""
+    try:
+        plan, _ = package.plan_package(req)
+    except PackageError as exc:
+        raise dg.Failure(f"package {req.package_id} not built: {exc}") from exc
+    need = plan.included_bytes + plan.included_bytes // 4 + 16 * 2**20
+    with object_storage.Staging(bag_url, need_bytes=need) as stage:
+        try:
+            built = build_package(req, Path(stage.path))
+        except (PackageError, bag.BagInvalid, crate.CrateInvalid) as exc:
+            raise dg.Failure(
+                f"package {req.package_id} not built: {str(exc).replace(stage.path, bag_url)}"
+            ) from exc
+        result = dataclasses.replace(built, path=bag_url, bag={**built.bag, "path": bag_url})
+        stage.publish(
+            {"package_id": req.package_id, "bag_digest": result.digest},
+            {summary_url: dataclasses.asdict(result)},
+        )
+    return result
 
 
 def _who(context: dg.AssetExecutionContext) -> str:
@@ -418,32 +458,50 @@ def repository_draft(
     mat = recs[0].event_log_entry.asset_materialization
     assert mat is not None
     meta: dict[str, Any] = {k: v.value for k, v in mat.metadata.items()}
-    bag_dir = Path(str(meta["dagster/uri"]))
+    bag_location = str(meta["dagster/uri"])
     pkg_id = str(meta["package_id"])
-    try:
-        bag.validate_bag(bag_dir)
-    except bag.BagInvalid as exc:
-        raise dg.Failure(f"nothing uploaded: {exc}") from exc
-    out = storage.asset_dir("repository_draft", pkg_id)
-    files = [LocalFile.of(bag.zip_bag(bag_dir, out / f"{pkg_id}.bag.zip"))]
-    for rel in config.include_separately:
-        p = bag_dir / rel
-        if not p.is_file():
-            raise dg.Failure(f"{p} is not in the package (include_separately)")
-        files.append(LocalFile.of(p))
-    dc = json.loads((bag_dir / "data" / package.DATACITE_JSON).read_text())
-    body = article_metadata(
-        dc["titles"][0]["title"],
-        (dc.get("descriptions") or [{"description": ""}])[0]["description"]
-        + f"\n\nfib_assets package {pkg_id}; BagIt bag with RO-Crate and provenance audit.",
-        keywords=[s["subject"] for s in dc.get("subjects", [])],
-        authors=[c["name"] for c in dc.get("creators", []) if not c["name"].startswith("(:")],
-    )
-    client = figshare.client(log=context.log.info)
-    try:
-        result = client.deposit_draft(files, body, state_path=out / "figshare-state.json")
-    except FigshareError as exc:
-        raise dg.Failure(f"draft deposit of {pkg_id} not done: {exc}") from exc
+    out = storage.asset_url("repository_draft", pkg_id)
+    state_url = object_storage.join(out, "figshare-state.json")
+    remote = object_storage.is_remote(bag_location)
+    size = object_storage.tree_size(bag_location)[0] if remote else 0
+    # a bag on an object store is downloaded (checked against its completion marker) into
+    # bounded scratch, with room for its zip; a local bag is read where it is
+    with object_storage.Staging(bag_location, need_bytes=2 * size + 2**20) as stage:
+        try:
+            stage.fetch()
+            bag.validate_bag(Path(stage.path))
+        except (bag.BagInvalid, object_storage.StorageError, FileNotFoundError) as exc:
+            raise dg.Failure(
+                f"nothing uploaded: {str(exc).replace(stage.path, bag_location)}"
+            ) from exc
+        bag_dir = Path(stage.path)
+        work = bag_dir.parent if stage.staged else Path(out)
+        files = [LocalFile.of(bag.zip_bag(bag_dir, work / f"{pkg_id}.bag.zip"))]
+        for rel in config.include_separately:
+            p = bag_dir / rel
+            if not p.is_file():
+                raise dg.Failure(f"{object_storage.join(bag_location, rel)} is not in the package")
+            files.append(LocalFile.of(p))
+        dc = json.loads((bag_dir / "data" / package.DATACITE_JSON).read_text())
+        body = article_metadata(
+            dc["titles"][0]["title"],
+            (dc.get("descriptions") or [{"description": ""}])[0]["description"]
+            + f"\n\nfib_assets package {pkg_id}; BagIt bag with RO-Crate and provenance audit.",
+            keywords=[s["subject"] for s in dc.get("subjects", [])],
+            authors=[c["name"] for c in dc.get("creators", []) if not c["name"].startswith("(:")],
+        )
+        # the draft's id survives the pod: kept beside the other outputs, local or object
+        state = work / "figshare-state.json"
+        if remote and object_storage.exists(state_url):
+            object_storage.copy_to_local(state_url, state)
+        client = figshare.client(log=context.log.info)
+        try:
+            result = client.deposit_draft(files, body, state_path=state)
+        except FigshareError as exc:
+            raise dg.Failure(f"draft deposit of {pkg_id} not done: {exc}") from exc
+        finally:
+            if remote and state.is_file():
+                object_storage.write_bytes(state_url, state.read_bytes())
     return dg.MaterializeResult(
         data_version=dg.DataVersion(
             fingerprint({"article": result.article_id, "files": [f.md5 for f in files]})

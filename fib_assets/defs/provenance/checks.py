@@ -3,15 +3,15 @@
 ``source_fixity`` re-hashes a region's raw source files against the sha256 manifest its
 ``raw_acquisition`` recorded (and the manifest against its recorded sha256);
 ``package_fixity`` runs bagit's full validation (sha256 and sha512) of the latest deposit
-package. Both are standalone checks, so they can run without re-materializing anything.
+package — where it is stored: a local folder, or an ``s3://`` bag whose objects are streamed
+through both digests (never downloaded) after its completion marker is found. Both are
+standalone checks, so they can run without re-materializing anything.
 """
-
-from pathlib import Path
 
 import dagster as dg
 
 from fib_assets.audit import fixity_of_metadata
-from fib_assets.core.provenance.bag import BagInvalid, validate_bag
+from fib_assets.core.provenance.bag import BagInvalid, validate_bag_at
 from fib_assets.defs.acquisitions.assets import raw_acquisition
 from fib_assets.defs.metadata import latest_materialization
 from fib_assets.defs.partitions import regions
@@ -83,9 +83,10 @@ def package_fixity(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
         return dg.AssetCheckResult(passed=False, description="deposit_package is not materialized")
     mat = recs[0].event_log_entry.asset_materialization
     assert mat is not None
-    path = Path(str(mat.metadata["dagster/uri"].value))
+    # a local folder (bagit) or an s3:// bag (every object streamed through sha256 + sha512)
+    path = str(mat.metadata["dagster/uri"].value)
     try:
-        summary = validate_bag(path)
+        summary = validate_bag_at(path)
     except BagInvalid as exc:
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.ERROR, description=str(exc)
@@ -96,6 +97,6 @@ def package_fixity(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResul
         f"({', '.join(summary['algorithms'])})",
         metadata={
             "payload_files": summary["payload_files"],
-            "bag": dg.MetadataValue.path(str(path)),
+            "bag": dg.MetadataValue.path(path),
         },
     )
