@@ -9,6 +9,7 @@ different runs concatenate. Every aggregate is over a seeded random sample of re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+from fib_assets.core import storage
 
 # --------------------------------------------------------------------------------------------
 # price table
@@ -624,3 +627,68 @@ def plot_bars(df: pd.DataFrame, *, label: Sequence[str], value: str, title: str)
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# table files: a local path or an s3:// object, one code path (fib_assets.core.storage)
+
+TABLE_SUFFIX = ".parquet"
+
+
+@dataclass(frozen=True)
+class TableFiles:
+    """Where a table was written: the Parquet file/object, its Markdown and PNG siblings (None
+    when not written) and the sha256 each read back with."""
+
+    parquet: str
+    markdown: str | None
+    png: str | None
+    sha256: dict[str, str]
+
+
+def _sibling(location: str, suffix: str) -> str:
+    base = storage.name(location).removesuffix(TABLE_SUFFIX)
+    return storage.join(storage.parent(location), base + suffix)
+
+
+def write_table(
+    location: str | os.PathLike[str],
+    df: pd.DataFrame,
+    *,
+    markdown: str | None = None,
+    png: bytes | None = None,
+) -> TableFiles:
+    """Write ``df`` as Parquet at ``location`` (``….parquet``: a local path or an ``s3://``
+    URL), with ``markdown`` and ``png`` beside it (same name, ``.md`` / ``.png``).
+
+    Each file is written atomically (temp + rename locally, one PUT on S3) and read back: its
+    sha256 must equal the bytes sent (StorageError naming the file otherwise). The Parquet
+    file goes LAST, so whoever finds it finds its Markdown and plot complete too."""
+    parquet = storage.normalize(location)
+    if not parquet.endswith(TABLE_SUFFIX):
+        raise ValueError(f"{parquet}: a table location must end with {TABLE_SUFFIX}")
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    md_loc = _sibling(parquet, ".md") if markdown is not None else None
+    png_loc = _sibling(parquet, ".png") if png is not None else None
+    pieces = [(md_loc, (markdown or "").encode()), (png_loc, png or b""), (parquet, buf.getvalue())]
+    digests: dict[str, str] = {}
+    for where, data in pieces:
+        if where is None:
+            continue
+        storage.write_bytes(where, data)
+        sent = hashlib.sha256(data).hexdigest()
+        back = storage.hash_location(where)["sha256"]
+        if back != sent:
+            raise storage.StorageError(
+                f"{where}: does not read back as written (sha256 {back[:12]}…, sent {sent[:12]}…)"
+            )
+        digests[storage.name(where)] = sent
+    return TableFiles(parquet, md_loc, png_loc, digests)
+
+
+def read_table(location: str | os.PathLike[str]) -> pd.DataFrame:
+    """The Parquet table at ``location`` (a local path or an ``s3://`` object), streamed by
+    pyarrow through a file object; FileNotFoundError names the location when it is absent."""
+    with storage.open_input(location) as f:
+        return pd.read_parquet(f)

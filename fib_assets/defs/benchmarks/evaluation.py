@@ -5,7 +5,6 @@ at what price). Logic lives in fib_assets/core/{crop_evaluation,tables}.py."""
 import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -13,7 +12,8 @@ import pandas as pd
 from pydantic import Field
 
 from fib_assets.core import benchmark, crop_evaluation, tables
-from fib_assets.core.blockwise import atomic_write_bytes, fingerprint
+from fib_assets.core import storage as object_storage
+from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.ml.classes import resolve_class
 from fib_assets.core.ml.experiments import Experiment
 from fib_assets.core.preview import markdown_image
@@ -39,16 +39,17 @@ EVALUATION = dg.AssetKey("evaluation")
 SIMULATED_CORRECTIONS = dg.AssetKey("simulated_corrections")
 
 
-def _write_table(storage: StorageResource, name: str, df: pd.DataFrame, md: str) -> Path:
-    """``<root>/<name>/<basename>-<time>-<hash>.parquet`` and its ``.md`` (atomic writes)."""
-    out = Path(storage.root) / name
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{Path(name).name}-{time.strftime('%Y%m%dT%H%M%S')}-{fingerprint(md)[:8]}.parquet"
-    tmp = path.with_name("." + path.name + ".tmp")
-    df.to_parquet(tmp)
-    tmp.replace(path)
-    atomic_write_bytes(path.with_suffix(".md"), md.encode())
-    return path
+def _write_table(
+    storage: StorageResource, name: str, df: pd.DataFrame, md: str, png: bytes | None = None
+) -> str:
+    """``<root>/<name>/<basename>-<time>-<hash>.parquet`` with its ``.md`` (and ``.png``) beside
+    it, on a local or ``s3://`` root alike (core.tables.write_table: atomic, read back)."""
+    base = name.rsplit("/", 1)[-1]
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    location = object_storage.join(
+        storage.root, name, f"{base}-{stamp}-{fingerprint(md)[:8]}{tables.TABLE_SUFFIX}"
+    )
+    return tables.write_table(location, df, markdown=md, png=png).parquet
 
 
 def _check(name: str, gx: dict[str, Any], description: str) -> dg.AssetCheckResult:
@@ -89,7 +90,7 @@ def _evaluation_tables(instance: dg.DagsterInstance, regions_: list[str]) -> pd.
     for r in regions_:
         rec = latest_materialization(instance, EVALUATION, r)
         if rec is not None and rec["metadata"].get("dagster/row_count", 0):
-            frames.append(pd.read_parquet(str(rec["metadata"]["dagster/uri"])))
+            frames.append(tables.read_table(str(rec["metadata"]["dagster/uri"])))
     if not frames:
         return pd.DataFrame(columns=tables.EVALUATION_COLUMNS)
     return pd.concat(frames, ignore_index=True)
@@ -265,7 +266,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         return dg.MaterializeResult(
             data_version=dg.DataVersion(fingerprint(df.to_json())),
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(path)),
+                "dagster/uri": dg.MetadataValue.path(path),
                 "dagster/row_count": len(df),
                 "region_role": role,
                 "experiments": dg.MetadataValue.json(sorted(seen)),
@@ -312,17 +313,17 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
             df[df.metric.isin(["dice", "dice_tolerance", "instance_f1"])],
             ["experiment", "organelle", "metric", "n_regions", "mean", "ci_low", "ci_high"],
         )
-        path = _write_table(storage, "segmentation_benchmark", df, md)
         dice = df[df.metric == "dice"]
         png = tables.plot_intervals(
             dice, label=["experiment", "organelle"], value="mean", low="ci_low", high="ci_high",
             title=f"Dice on {len(sample)} test region(s), bootstrap 95 % CI",
         )  # fmt: skip
+        path = _write_table(storage, "segmentation_benchmark", df, md, png)
         gx = tables.validate_segmentation(df, config.n_regions)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(fingerprint(df.to_json())),
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(path)),
+                "dagster/uri": dg.MetadataValue.path(path),
                 "dagster/row_count": len(df),
                 "regions_sampled": dg.MetadataValue.json(sample),
                 "regions_requested": config.n_regions,
@@ -368,7 +369,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         if not res.records:
             raise dg.Failure("segmentation_benchmark is not materialized")
         meta = record_metadata(res.records[0])
-        seg = pd.read_parquet(str(meta["dagster/uri"]))
+        seg = tables.read_table(str(meta["dagster/uri"]))
         n_regions = len(meta.get("regions_sampled") or [])
         costs = []
         minutes = {
@@ -400,21 +401,21 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
             if len(df)
             else "no experiment with an intervention and a trained baseline yet"
         )
-        path = _write_table(storage, "intervention_benchmark", df, md)
         gx = (
             tables.validate_intervention(df, n_regions)
             if len(df)
             else {"success": True, "evaluated": 0, "failed": []}
         )
-        plot = (
-            {"plot": dg.MetadataValue.md(markdown_image(
-                tables.plot_bars(df, label=["experiment", "organelle"], value="gain",
-                                 title=f"{config.metric} gain over baseline"), "gain"))}
-            if len(df) else {}
+        png = (
+            tables.plot_bars(df, label=["experiment", "organelle"], value="gain",
+                             title=f"{config.metric} gain over baseline")
+            if len(df) else None
         )  # fmt: skip
+        plot = {"plot": dg.MetadataValue.md(markdown_image(png, "gain"))} if png else {}
+        path = _write_table(storage, "intervention_benchmark", df, md, png)
         return dg.MaterializeResult(
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(path)),
+                "dagster/uri": dg.MetadataValue.path(path),
                 "dagster/row_count": len(df),
                 "assumed_minutes": dg.MetadataValue.json(minutes),
                 "table": dg.MetadataValue.md(md),
@@ -467,7 +468,7 @@ def build_evaluation_assets(declared: Mapping[str, Experiment]) -> list[dg.Asset
         gx = tables.validate_infrastructure(df, [*tables.INFRASTRUCTURES, "unknown"])
         return dg.MaterializeResult(
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(path)),
+                "dagster/uri": dg.MetadataValue.path(path),
                 "dagster/row_count": len(df),
                 "price_table": dg.MetadataValue.path(prices.path),
                 "price_table_date": prices.date,
