@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol, Self
 
 import numpy as np
+import xxhash
 
 from fib_assets.core.geometry import Block, Roi, VoxelSize
 
@@ -245,9 +246,61 @@ def read_block(
 
 
 def sha256_array(data: np.ndarray) -> str:
-    """sha256 of an array's bytes in C order (the block checksums of every format)."""
+    """sha256 (hex) of an array's bytes in C order (the block checksum algorithm before
+    :data:`BLOCK_CHECKSUM`; still verified in markers that recorded it)."""
 
     return hashlib.sha256(np.ascontiguousarray(data).data).hexdigest()
+
+
+#: the algorithm of every format's block checksums (``WriteResult.block_checksums``, block
+#: done markers, ``verify="data"`` and ``verify.verify_same_voxels``): XXH3 with 128-bit
+#: output. Block checksums detect corruption and prove "decodes to the same bytes"; nobody
+#: forges them (file-level fixity for provenance and deposits stays sha256/sha512). XXH3-128
+#: passes SMHasher's quality tests, its 2^-128 collision odds for random changes match
+#: sha256's for this purpose, and it hashes at ~0.03 CPU-s/GiB here vs sha256's 0.6 (SHA-NI):
+#: sha256 was ~5 % of the Zarr writer's CPU.
+BLOCK_CHECKSUM = "xxh3_128"
+#: algorithms :func:`checksum_matches` can verify: the current one and the legacy sha256
+CHECKSUM_ALGORITHMS: dict[str, Callable[[np.ndarray], str]] = {
+    "xxh3_128": lambda data: xxhash.xxh3_128_hexdigest(np.ascontiguousarray(data).data),
+    "sha256": sha256_array,
+}
+
+
+def block_checksum(data: np.ndarray) -> str:
+    """The block checksum of an array's bytes in C order, as ``"<algorithm>:<hex digest>"``
+    (the algorithm is recorded with every checksum, so older ones stay verifiable)."""
+    return f"{BLOCK_CHECKSUM}:{CHECKSUM_ALGORITHMS[BLOCK_CHECKSUM](data)}"
+
+
+def split_checksum(recorded: str) -> tuple[str, str]:
+    """(algorithm, hex digest) of a recorded block checksum. A bare 64-digit hex string is a
+    sha256 recorded before algorithms were named; anything else unknown is a ValueError."""
+    algorithm, sep, digest = recorded.partition(":")
+    if not sep:
+        algorithm, digest = "sha256", recorded
+    expected = {"sha256": 64, "xxh3_128": 32}.get(algorithm)
+    if (
+        algorithm not in CHECKSUM_ALGORITHMS
+        or len(digest) != expected
+        or any(c not in "0123456789abcdef" for c in digest)
+    ):
+        raise ValueError(f"not a block checksum this version can verify: {recorded!r}")
+    return algorithm, digest
+
+
+def checksum_matches(data: np.ndarray, recorded: str) -> bool:
+    """Whether ``data`` (C order) has the recorded block checksum, in the algorithm it names."""
+    algorithm, digest = split_checksum(recorded)
+    return CHECKSUM_ALGORITHMS[algorithm](data) == digest
+
+
+def marker_checksum(info: dict[str, Any]) -> str:
+    """The block checksum a done marker recorded: ``"checksum"`` (algorithm-prefixed), or the
+    ``"sha256"`` of markers written before algorithms were named (returned as ``sha256:…``)."""
+    if "checksum" in info:
+        return str(info["checksum"])
+    return f"sha256:{info['sha256']}"
 
 
 def fsync_path(path: Path) -> None:

@@ -103,7 +103,7 @@ def build_variant(fmt: str) -> dg.AssetsDefinition:
                 asset=name,
                 partitions_def=regions,
                 blocking=True,
-                description="Every block of this variant decodes to the same bytes (sha256) "
+                description="Every block of this variant decodes to the same bytes (XXH3-128) "
                 "as the canonical raw volume; corrupt chunks are named.",
             )
         ],

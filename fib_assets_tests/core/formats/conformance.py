@@ -6,15 +6,24 @@ A format's test module subclasses :class:`FormatConformance`, sets ``module`` an
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
 import pytest
+import xxhash
 
-from fib_assets.core.formats.base import ArraySource, CorruptChunkError, WriteResult
-from fib_assets.core.geometry import Roi, VoxelSize
+from fib_assets.core.formats.base import (
+    ArraySource,
+    CorruptChunkError,
+    WriteResult,
+    checksum_matches,
+    ledger_dir,
+)
+from fib_assets.core.geometry import BlockPlan, Roi, VoxelSize
 
 VOXEL = VoxelSize(8.0, 4.0, 4.0)
 
@@ -49,6 +58,10 @@ class FormatConformance:
     def damage_chunk(self, path: Path) -> None:
         """Corrupt (flip bytes of / truncate) the stored data of one chunk."""
         raise NotImplementedError
+
+    def plan_options(self) -> dict[str, object]:
+        """Extra ``plan_write`` options the format's tests always pass (e.g. TIFF's layout)."""
+        return {}
 
     # --- helpers ---------------------------------------------------------------------------
     def target(self, tmp_path: Path, name: str = "vol") -> Path:
@@ -154,6 +167,49 @@ class FormatConformance:
         again = self.module.write_volume(plan, Counting(new, VOXEL))
         assert Counting.calls == 8 - 2  # the two finished blocks were not redone
         np.testing.assert_array_equal(self.independent_read(Path(again.path)), new)
+
+    def test_resume_from_markers_that_recorded_sha256(self, tmp_path):
+        """Done markers written before block checksums named their algorithm (a bare
+        ``"sha256"``) are still honoured on resume, and reported as ``sha256:<hex>``."""
+        data = em_like((16, 16, 16), "uint8", seed=6)
+        info = ArraySource(data, VOXEL).info
+        plan = self.module.plan_write(
+            self.target(tmp_path),
+            info,
+            chunks=self.chunks,
+            block_shape=(8, 8, 8),
+            **self.plan_options(),
+        )
+        rois = {b.block_id: b.write_roi for b in BlockPlan(data.shape, plan.block_shape).blocks()}
+
+        class FailingLast(ArraySource):  # (TIFF's blocks are whole slabs: 2 here, not 8)
+            calls = 0
+
+            def read(self, roi):
+                FailingLast.calls += 1
+                if FailingLast.calls == len(rois):
+                    raise OSError("source went away")
+                return super().read(roi)
+
+        with pytest.raises(OSError, match="source went away"):
+            self.module.write_volume(plan, FailingLast(data, VOXEL))
+        markers = sorted(ledger_dir(plan).rglob("*.done.json"))
+        assert len(markers) == len(rois) - 1
+        legacy = {}
+        for marker in markers:  # rewrite them as the previous version recorded them
+            info = json.loads(marker.read_text())
+            assert info.pop("checksum").startswith("xxh3_128:")
+            block = data[rois[info["block_id"]].to_slices()]
+            info["sha256"] = hashlib.sha256(np.ascontiguousarray(block)).hexdigest()
+            legacy[info["block_id"]] = "sha256:" + info["sha256"]
+            marker.write_text(json.dumps(info))
+        again = self.module.write_volume(plan, ArraySource(data, VOXEL))
+        np.testing.assert_array_equal(self.independent_read(Path(again.path)), data)
+        for block_id, roi in rois.items():
+            block = np.ascontiguousarray(data[roi.to_slices()])
+            want = legacy.get(block_id, "xxh3_128:" + xxhash.xxh3_128_hexdigest(block))
+            assert again.block_checksums[block_id] == want
+            assert checksum_matches(block, again.block_checksums[block_id])
 
     def test_write_touches_nothing_but_its_target(self, tmp_path, monkeypatch):
         """No cwd-relative writes (stray chunk files once landed in the repo root as ``w/``)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import xxhash
 
 from fib_assets.core.formats import base
-from fib_assets.core.geometry import Roi
+from fib_assets.core.formats.verify import verify_same_voxels
+from fib_assets.core.geometry import Roi, VoxelSize
 
 _PROBE = (
     "from fib_assets.core.formats import base\n"
@@ -85,3 +88,55 @@ def test_readers_share_close_and_context_manager(tmp_path):
     with pytest.raises(ValueError, match="closed"):
         vol.read(Roi((0, 0, 0), (2, 2, 2)))
     vol.close()  # idempotent
+
+
+def test_block_checksum_is_xxh3_128_of_c_order_bytes_and_names_its_algorithm():
+    data = np.arange(6 * 7 * 8, dtype=np.uint16).reshape(6, 7, 8)
+    view = np.asfortranarray(data)  # same voxels, other memory order: same checksum
+    want = "xxh3_128:" + xxhash.xxh3_128_hexdigest(data.tobytes())
+    assert base.block_checksum(data) == base.block_checksum(view) == want
+    assert base.split_checksum(want) == ("xxh3_128", want.split(":")[1])
+
+
+@pytest.mark.parametrize("algorithm", ["xxh3_128", "sha256"])
+def test_a_corrupted_block_no_longer_matches_its_checksum(algorithm):
+    data = np.random.default_rng(1).integers(0, 256, (16, 16, 16), dtype=np.uint8)
+    if algorithm == "sha256":  # a marker of the previous version: a bare sha256 hex digest
+        recorded = hashlib.sha256(data.tobytes()).hexdigest()
+    else:
+        recorded = base.block_checksum(data)
+    assert base.checksum_matches(data, recorded)
+    for z, y, x in [(0, 0, 0), (15, 15, 15), (7, 3, 11)]:
+        bad = data.copy()
+        bad[z, y, x] ^= 1  # one flipped bit
+        assert not base.checksum_matches(bad, recorded)
+    swapped = data.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]  # same bytes, other order
+    assert not base.checksum_matches(swapped, recorded)
+
+
+def test_recorded_checksums_name_a_known_algorithm():
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert base.split_checksum(digest) == ("sha256", digest)
+    assert base.split_checksum("sha256:" + digest) == ("sha256", digest)
+    assert base.marker_checksum({"sha256": digest}) == "sha256:" + digest
+    assert base.marker_checksum({"checksum": "xxh3_128:" + "0" * 32}) == "xxh3_128:" + "0" * 32
+    for bad in ["md5:" + "0" * 32, "xxh3_128:" + "0" * 31, "sha256:" + "Z" * 64, "", "abc"]:
+        with pytest.raises(ValueError, match="block checksum"):
+            base.checksum_matches(np.zeros(3, np.uint8), bad)
+
+
+def test_verify_same_voxels_names_the_corrupted_block():
+    data = np.random.default_rng(2).integers(0, 256, (16, 16, 32), dtype=np.uint8)
+    bad = data.copy()
+    bad[9, 2, 20] ^= 0x80
+    voxel = VoxelSize(8.0, 4.0, 4.0)
+    ok = verify_same_voxels(
+        base.ArraySource(data, voxel), base.ArraySource(data.copy(), voxel), block_shape=(8, 16, 16)
+    )
+    assert ok.passed and ok.n_blocks == 4
+    assert ok.checksums["1_0_1"] == base.block_checksum(data[8:16, :, 16:32])
+    got = verify_same_voxels(
+        base.ArraySource(data, voxel), base.ArraySource(bad, voxel), block_shape=(8, 16, 16)
+    )
+    assert not got.passed and got.mismatched == ["1_0_1"]
