@@ -40,9 +40,12 @@ is accepted too). Label voxels must equal the raw voxel or an integer fraction o
 crops are often 2x finer) and the crop must cover whole raw voxels: its ROI is integral in raw
 voxels (z, y, x).
 
-Revisions (``<root>/ground_truth_crops/<region>/``)::
+Revisions (``<root>/ground_truth_crops/<region>/``, a local folder or an ``s3://`` prefix
+through :mod:`fib_assets.core.storage`)::
 
-    rev-0001/                      immutable once renamed into place
+    rev-0001/                      immutable once renamed into place (object store: built in
+                                   local scratch, uploaded, read back, and published by its
+                                   completion marker ``rev-0001.complete.json``, written last)
       crops.zarr/                  Zarr v3 group; one uint8 array per crop (label resolution),
                                    attributes = the crop's record (roi in raw voxels, voxel size,
                                    class counts, split, annotator, source checksum, ...)
@@ -51,6 +54,9 @@ Revisions (``<root>/ground_truth_crops/<region>/``)::
       checks.json                  outcome of the checks (written after evaluation)
     current.json                   the accepted revision that consumers read; moved only after
                                    the checks were evaluated and every blocking one passed
+
+The annotations inbox stays a filesystem path (on Kubernetes a shared ReadWriteMany volume):
+curators' tools write containers there and submissions are scanned and hashed in place.
 
 A new revision holds the current revision's crops, with every new or corrected submission of
 the inbox imported (a correction replaces the crop of the same name; crops are never dropped
@@ -80,6 +86,7 @@ import numpy.typing as npt
 import pandas as pd
 import yaml
 
+from fib_assets.core import storage
 from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json, fingerprint
 from fib_assets.core.formats.base import FormatError, VolumeInfo
 from fib_assets.core.formats.paintera import (
@@ -1003,7 +1010,7 @@ class Revision:
 
     number: int
     region: str
-    path: Path
+    location: str  # a local path or an s3:// URL (fib_assets.core.storage)
     created_at: str
     parent: int | None
     crops: tuple[CropRecord, ...]
@@ -1018,8 +1025,36 @@ class Revision:
         return revision_data_version(self.number, [c.checksum for c in self.crops])
 
     @property
+    def path(self) -> Path:
+        """The revision folder on a local storage root (use :attr:`location` for any root)."""
+        if storage.is_remote(self.location):
+            raise storage.StorageError(
+                f"{self.location}: revision {self.number} is on an object store; use "
+                "Revision.location with fib_assets.core.storage"
+            )
+        return Path(self.location)
+
+    @property
+    def crops_location(self) -> str:
+        return storage.join(self.location, "crops.zarr")
+
+    @property
     def crops_path(self) -> Path:
+        """The crops' Zarr group on a local storage root (see :attr:`crops_location`)."""
         return self.path / "crops.zarr"
+
+    def crop_array(self, name: str) -> Any:
+        """Crop ``name``'s zarr array (read only), on a local or object-store root."""
+        import zarr
+
+        store = storage.zarr_store(storage.join(self.crops_location, name), read_only=True)
+        return zarr.open_array(store, mode="r")
+
+    def label_stats(self) -> pd.DataFrame:
+        """The revision's ``label_stats.parquet`` (one row per crop and label id)."""
+        return pd.read_parquet(
+            io.BytesIO(storage.read_bytes(storage.join(self.location, "label_stats.parquet")))
+        )
 
     def crop(self, name: str) -> CropRecord:
         for c in self.crops:
@@ -1029,10 +1064,7 @@ class Revision:
 
     def read_crop(self, name: str) -> npt.NDArray[np.uint8]:
         """The uint8 class ids (z, y, x, label resolution) of crop ``name``."""
-        import zarr
-
-        arr = zarr.open_array(str(self.crops_path / name), mode="r")
-        return np.asarray(arr[...], dtype=np.uint8)
+        return np.asarray(self.crop_array(name)[...], dtype=np.uint8)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -1049,12 +1081,12 @@ class Revision:
         }
 
     @classmethod
-    def load(cls, path: Path) -> Revision:
-        d = json.loads((path / "revision.json").read_text())
+    def load(cls, location: str | Path) -> Revision:
+        d = storage.read_json(storage.join(location, "revision.json"))
         return cls(
             number=int(d["revision"]),
             region=str(d["region"]),
-            path=path,
+            location=storage.normalize(location),
             created_at=str(d["created_at"]),
             parent=d.get("parent"),
             crops=tuple(CropRecord.from_dict(c) for c in d["crops"]),
@@ -1074,26 +1106,42 @@ def revision_data_version(number: int, crop_checksums: Iterable[str]) -> str:
 
 
 class RevisionStore:
-    """The revisions of one region under ``directory`` (``<root>/ground_truth_crops/<region>``)."""
+    """The revisions of one region under ``directory`` (``<root>/ground_truth_crops/<region>``),
+    a local folder or an ``s3://`` prefix."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
+        self.location = storage.normalize(directory)
+
+    @property
+    def directory(self) -> Path:
+        """The store's folder on a local storage root (see :attr:`location`)."""
+        if storage.is_remote(self.location):
+            raise storage.StorageError(f"{self.location}: an object-store revision store")
+        return Path(self.location)
 
     def numbers(self) -> list[int]:
-        if not self.directory.is_dir():
-            return []
+        """Published revisions: renamed into place locally, marked complete on S3."""
         out = []
-        for p in self.directory.iterdir():
-            m = _REV_DIR.fullmatch(p.name)
-            if m and (p / "revision.json").exists():
+        for name in storage.list_names(self.location):
+            m = _REV_DIR.fullmatch(name)
+            rev = storage.join(self.location, name)
+            if (
+                m
+                and storage.is_complete(rev)
+                and storage.exists(storage.join(rev, "revision.json"))
+            ):
                 out.append(int(m.group(1)))
         return sorted(out)
 
+    def location_of(self, number: int) -> str:
+        return storage.join(self.location, f"rev-{number:04d}")
+
     def path(self, number: int) -> Path:
+        """A revision's folder on a local storage root (see :meth:`location_of`)."""
         return self.directory / f"rev-{number:04d}"
 
     def load(self, number: int) -> Revision:
-        return Revision.load(self.path(number))
+        return Revision.load(self.location_of(number))
 
     def latest(self) -> Revision | None:
         nums = self.numbers()
@@ -1101,24 +1149,26 @@ class RevisionStore:
 
     def current(self) -> Revision | None:
         """The accepted revision consumers read, or None."""
-        f = self.directory / "current.json"
-        if not f.exists():
+        f = storage.join(self.location, "current.json")
+        if not storage.exists(f):
             return None
-        return self.load(int(json.loads(f.read_text())["revision"]))
+        return self.load(int(storage.read_json(f)["revision"]))
 
     def set_current(self, revision: Revision) -> None:
-        atomic_write_json(
-            self.directory / "current.json",
+        storage.write_json(
+            storage.join(self.location, "current.json"),
             {
                 "revision": revision.number,
-                "path": revision.path.name,
+                "path": storage.name(revision.location),
                 "data_version": revision.data_version,
                 "updated_at": datetime.now(UTC).isoformat(),
             },
         )
 
     def write_checks(self, revision: Revision, checks: Sequence[LabelCheck]) -> None:
-        atomic_write_json(revision.path / "checks.json", [c.to_dict() for c in checks])
+        storage.write_json(
+            storage.join(revision.location, "checks.json"), [c.to_dict() for c in checks]
+        )
 
 
 @dataclass(frozen=True)
@@ -1213,10 +1263,10 @@ def build_revision(
     now: datetime | None = None,
 ) -> Revision:
     """Import the planned submissions, write the revision in a staging folder and rename it to
-    ``rev-NNNN`` (never changes ``current.json``). Bad input raises :class:`LabelImportError`
-    before anything is published; the staging folder is removed."""
-    import zarr
-
+    ``rev-NNNN`` (never changes ``current.json``); on an object store the staging folder is in
+    local scratch and is published by :class:`fib_assets.core.storage.Staging` (uploaded, read
+    back, completion marker last). Bad input raises :class:`LabelImportError` before anything
+    is published; the staging folder is removed."""
     if plan.reuse is not None:
         return plan.reuse
     # import and validate everything before writing anything
@@ -1252,15 +1302,38 @@ def build_revision(
         crops.append((record, base.read_crop(record.name)))
     crops.sort(key=lambda rc: rc[0].name)
 
-    store.directory.mkdir(parents=True, exist_ok=True)
-    final = store.path(plan.number)
-    staging = store.directory / f".{final.name}.partial-{os.getpid()}"
+    final = store.location_of(plan.number)
+    # scratch for a staged revision: the crops uncompressed, twice (headroom for the stats)
+    need = 2 * sum(int(np.asarray(d).nbytes) for _, d in crops) + 2**20
+    with storage.Staging(final, need_bytes=need) as stage:
+        if stage.staged:
+            staging = Path(stage.path)
+        else:
+            store.directory.mkdir(parents=True, exist_ok=True)
+            staging = store.directory / f".{storage.name(final)}.partial-{os.getpid()}"
+        return _write_revision(plan, stage, staging, crops, class_map, base, now)
+
+
+def _write_revision(
+    plan: RevisionPlan,
+    stage: storage.Staging,
+    staging: Path,
+    crops: Sequence[tuple[CropRecord, Array]],
+    class_map: ClassMap,
+    base: Revision | None,
+    now: datetime | None,
+) -> Revision:
+    """Write the revision's files into local ``staging``, then publish it at ``stage.url``:
+    a rename on local disk, upload + marker on an object store."""
+    import zarr
+
+    final = stage.url
     shutil.rmtree(staging, ignore_errors=True)
     try:
         revision = Revision(
             number=plan.number,
             region=plan.region,
-            path=final,
+            location=final,
             created_at=(now or datetime.now(UTC)).isoformat(),
             parent=base.number if base else None,
             crops=tuple(r for r, _ in crops),
@@ -1278,12 +1351,18 @@ def build_revision(
         stats.to_parquet(tmp, index=False)
         os.replace(tmp, staging / "label_stats.parquet")
         atomic_write_json(staging / "revision.json", revision.to_dict())
-        try:
-            os.rename(staging, final)
-        except OSError as err:
-            raise FileExistsError(
-                f"{final}: revision {plan.number} was published concurrently; retry the import"
-            ) from err
+        concurrent = FileExistsError(
+            f"{final}: revision {plan.number} was published concurrently; retry the import"
+        )
+        if stage.staged:
+            if storage.is_complete(final):
+                raise concurrent
+            stage.publish({"revision": plan.number, "data_version": revision.data_version})
+        else:
+            try:
+                os.rename(staging, final)
+            except OSError as err:
+                raise concurrent from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -1679,9 +1758,7 @@ class RevisionLabelSource:
             part = c.roi.intersect(roi)
             if part.size == 0:
                 continue
-            import zarr
-
-            arr = zarr.open_array(str(self.revision.crops_path / c.name), mode="r")
+            arr = self.revision.crop_array(c.name)
             k = c.factor
             lo = [(p - o) * f for p, o, f in zip(part.offset, c.roi.offset, k, strict=True)]
             hi = [lo_ + s * f for lo_, s, f in zip(lo, part.shape, k, strict=True)]

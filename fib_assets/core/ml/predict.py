@@ -1,6 +1,8 @@
 """Blockwise inference over whole volumes, with a halo, bounded memory and done markers.
 
-Output: one Zarr v3 group (written with tensorstore) laid out as OME-NGFF single-level images::
+Output: one Zarr v3 group (written with tensorstore, at a local path or an ``s3://`` URL through
+:mod:`fib_assets.core.storage`: tensorstore's s3 kvstore for the arrays, storage for the group
+JSON, block markers as files or objects) laid out as OME-NGFF single-level images::
 
     <out>.zarr/                 attributes "fib_assets": checkpoint, config, plan, classes,
                                 threshold 127, complete flag, max instance ids
@@ -17,7 +19,9 @@ made unique by a per-block base. Pass 2: union-find over the fragment pairs that
 every face between neighbouring blocks. Pass 3 (blockwise): write final ids, consecutive in the
 order of each object's smallest fragment id. Every block's marker is written only after its
 outputs were stored and read back; a failing block leaves none, and a rerun redoes only
-missing blocks.
+missing blocks. On an object store the container is marked complete (``<out>.complete.json``)
+after its attributes say so. A checkpoint on an object store is read through a verified local
+copy (:func:`fib_assets.core.storage.fetch`); plans record its URL.
 
 With valid padding the network is translation-equivariant for shifts that are multiples of its
 total downsampling factor, so with such block shapes the blockwise result equals one
@@ -29,9 +33,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +47,8 @@ import tensorstore as ts
 import torch
 from scipy import ndimage
 
-from fib_assets.core.blockwise import BlockLedger, atomic_write_json, fingerprint, run_plan
+from fib_assets.core import storage
+from fib_assets.core.blockwise import fingerprint, run_plan
 from fib_assets.core.formats import open_volume
 from fib_assets.core.formats.base import VolumeSource
 from fib_assets.core.formats.zarr import multiscales_metadata
@@ -195,13 +198,15 @@ def plan_prediction(
     halo: Sequence[int] | None = None,
     refit_preprocessing: bool = True,
 ) -> PredictionPlan:
-    """Describe predicting ``raw`` with ``checkpoint`` into ``out_path`` (a ``.zarr`` dir).
+    """Describe predicting ``raw`` with ``checkpoint`` into ``out_path`` (a ``.zarr`` dir);
+    both may be local paths or ``s3://`` URLs.
 
     The checkpoint's pre-processing steps are re-fitted on ``raw`` (percentiles, mean/std of
     the volume being predicted) unless ``refit_preprocessing`` is false, in which case the
     numbers fitted on the training volume are reused.
     """
-    _, config, ckpt = load_model(checkpoint)
+    local_checkpoint = storage.fetch(checkpoint)
+    _, config, ckpt = load_model(local_checkpoint)
     source, name = _source(raw)
     info = source.info
     block = tuple(block_shape) if block_shape is not None else _default_block(config)
@@ -216,9 +221,9 @@ def plan_prediction(
         pipeline = Pipeline.from_dict(ckpt.get("sampler", {}).get("preprocessing", []))
     return PredictionPlan(
         raw=name,
-        out_path=str(out_path),
-        checkpoint=str(checkpoint),
-        checkpoint_sha256=sha256_file(Path(checkpoint)),
+        out_path=storage.normalize(out_path),
+        checkpoint=storage.normalize(checkpoint),
+        checkpoint_sha256=sha256_file(local_checkpoint),
         volume_shape=info.shape,
         voxel_size_nm=info.voxel_size.as_tuple(),
         block_shape=(int(block[0]), int(block[1]), int(block[2])),
@@ -312,12 +317,12 @@ def predict_whole(
 
 
 def _array_spec(
-    path: Path, shape: Sequence[int], chunks: Sequence[int], dtype: str
+    location: str, shape: Sequence[int], chunks: Sequence[int], dtype: str
 ) -> dict[str, Any]:
     endian = {} if np.dtype(dtype).itemsize == 1 else {"configuration": {"endian": "little"}}
     return {
         "driver": "zarr3",
-        "kvstore": {"driver": "file", "path": str(path)},
+        "kvstore": storage.tensorstore_kvstore(location),
         "metadata": {
             "shape": list(shape),
             "data_type": np.dtype(dtype).name,
@@ -333,15 +338,17 @@ def _array_spec(
     }
 
 
-def _group(path: Path, attributes: dict[str, Any]) -> None:
-    atomic_write_json(
-        path / "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+def _group(location: str, attributes: dict[str, Any]) -> None:
+    storage.write_json(
+        storage.join(location, "zarr.json"),
+        {"zarr_format": 3, "node_type": "group", "attributes": attributes},
     )
 
 
 class ArrayStore:
     """Arrays (z, y, x) of one container, each an OME-NGFF single-level image ``kind/name/s0``,
-    chunked like the blocks so that a block writes whole chunks (created or reopened)."""
+    chunked like the blocks so that a block writes whole chunks (created or reopened). ``root``
+    is a local path or an ``s3://`` URL."""
 
     def __init__(
         self,
@@ -351,28 +358,27 @@ class ArrayStore:
         voxel_size_nm: Sequence[float],
         attributes: dict[str, Any] | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.root = storage.normalize(root)
         self.shape = tuple(int(s) for s in shape)
         self.chunks = tuple(min(int(c), s) for c, s in zip(chunks, self.shape, strict=True))
         self.voxel_size = VoxelSize(*(float(v) for v in voxel_size_nm))
         self.arrays: dict[str, Any] = {}
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.root / "zarr.json").exists():
+        if not storage.exists(storage.join(self.root, "zarr.json")):
             _group(self.root, {"fib_assets": {**(attributes or {}), "complete": False}})
 
     def ensure(self, kind: str, name: str, dtype: str) -> str:
         key = f"{kind}/{name}"
         if key in self.arrays:
             return key
-        image = self.root / kind / name
-        if not (self.root / kind / "zarr.json").exists():
-            _group(self.root / kind, {})
-        if not (image / "zarr.json").exists():
+        image = storage.join(self.root, kind, name)
+        if not storage.exists(storage.join(self.root, kind, "zarr.json")):
+            _group(storage.join(self.root, kind), {})
+        if not storage.exists(storage.join(image, "zarr.json")):
             ome = multiscales_metadata(
                 name, n_levels=1, voxel_size=self.voxel_size, channel_axis=False
             )
             _group(image, {"ome": ome})
-        spec = _array_spec(image / "s0", self.shape, self.chunks, dtype)
+        spec = _array_spec(storage.join(image, "s0"), self.shape, self.chunks, dtype)
         self.arrays[key] = ts.open(spec, create=True, open=True).result()
         return key
 
@@ -392,9 +398,13 @@ class ArrayStore:
         _group(self.root, {"fib_assets": attributes})
 
 
-def default_ledger_dir(out_path: str | Path) -> Path:
-    p = Path(out_path)
-    return p.with_name(f".{p.name}.blocks")
+def default_ledger_dir(out_path: str | Path) -> Path | str:
+    """Where the block markers of ``out_path`` live: a hidden folder beside it (a local
+    directory, or an object prefix beside an ``s3://`` container)."""
+    if not storage.is_remote(out_path):
+        p = Path(out_path)
+        return p.with_name(f".{p.name}.blocks")
+    return storage.join(storage.parent(out_path), f".{storage.name(out_path)}.blocks")
 
 
 # --- the three passes --------------------------------------------------------------------------
@@ -476,16 +486,16 @@ def connected_components_blockwise(
     block plus the fragment table (one entry per fragment).
     """
     plan = BlockPlan(store.shape, block_shape)  # type: ignore[arg-type]
-    if not (store.root / "fragments" / name / "s0" / "zarr.json").exists():
+    frag_ledger = storage.block_ledger(ledger_root, plan_fingerprint, prefix=f"fragments-{name}-")
+    ledger = storage.block_ledger(ledger_root, plan_fingerprint, prefix=f"instances-{name}-")
+    if not storage.exists(storage.join(store.root, "fragments", name, "s0", "zarr.json")):
         # markers without the arrays they describe (removed by hand) must not be trusted
-        for pattern in (f"fragments-{name}-*", f"instances-{name}-*"):
-            for marker in (Path(ledger_root) / plan_fingerprint[:16]).glob(pattern):
-                marker.unlink()
+        storage.forget_blocks(frag_ledger)
+        storage.forget_blocks(ledger)
     frag_key = store.ensure("fragments", name, "uint64")
     inst_key = store.ensure("instances", name, "uint64")
     g = plan.grid_shape
     per_block = math.prod(plan.block_shape)
-    root = Path(ledger_root)
 
     def pass1(block: Block) -> dict[str, Any]:
         labels, n = label_components(foreground(block.write_roi))
@@ -494,14 +504,10 @@ def connected_components_blockwise(
         sha = store.write(frag_key, block.write_roi, frag.astype(np.uint64))
         return {"base": int(base), "n": int(n), "sha256": sha}
 
-    done = run_plan(
-        plan,
-        pass1,
-        BlockLedger(root, plan_fingerprint, prefix=f"fragments-{name}-"),
-        progress=progress,
-        desc=f"components {name}",
-    )
-    ledger = BlockLedger(root, plan_fingerprint, prefix=f"instances-{name}-")
+    done = run_plan(plan, pass1, frag_ledger, progress=progress, desc=f"components {name}")
+    # the merge table is derived from the stored fragments and the markers: kept in the ledger's
+    # local directory (beside the markers locally, the pod's cache on an object store), and
+    # recomputed identically by a pod that does not have it
     table_path = ledger.directory / f"instances-{name}-merge.npz"
     if not table_path.exists():
         ids = [
@@ -544,8 +550,9 @@ def predict_volume(
     every block after inference and before its outputs are stored (progress reporting,
     failure injection)."""
     t0 = time.perf_counter()
-    model, config, _ = load_model(plan.checkpoint, device=device)
-    if sha256_file(Path(plan.checkpoint)) != plan.checkpoint_sha256:
+    local_checkpoint = storage.fetch(plan.checkpoint)
+    model, config, _ = load_model(local_checkpoint, device=device)
+    if sha256_file(local_checkpoint) != plan.checkpoint_sha256:
         raise ValueError(f"{plan.checkpoint} changed since the plan was made (sha256 differs)")
     source = raw if raw is not None else open_volume(plan.raw)
     if tuple(source.info.shape) != plan.volume_shape:
@@ -555,10 +562,12 @@ def predict_volume(
         )
     volume = PreprocessedVolume(source, Pipeline.from_dict(plan.preprocessing))
     predictor = BlockPredictor(model, volume, plan.context, plan.net_input, plan.output_kind)
-    ledger_root = Path(ledger_dir) if ledger_dir is not None else default_ledger_dir(plan.out_path)
-    if not Path(plan.out_path).exists():
+    ledger_root = ledger_dir if ledger_dir is not None else default_ledger_dir(plan.out_path)
+    fp = plan.fingerprint
+    ledger = storage.block_ledger(ledger_root, fp, prefix="predict-")
+    if not storage.exists(storage.join(plan.out_path, "zarr.json")):
         # markers without the container they describe (removed by hand) must not be trusted
-        shutil.rmtree(ledger_root / plan.fingerprint[:16], ignore_errors=True)
+        storage.clear_ledger(ledger)
     store = ArrayStore(
         plan.out_path,
         plan.volume_shape,
@@ -567,7 +576,6 @@ def predict_volume(
         {"plan": plan.to_dict()},
     )
     keys = [store.ensure("predictions", name, "uint8") for name in plan.classes]
-    fp = plan.fingerprint
     computed = 0
 
     def pass1(block: Block) -> dict[str, Any]:
@@ -582,13 +590,7 @@ def predict_volume(
         computed += 1
         return {"sha256": sha}
 
-    run_plan(
-        plan.block_plan,
-        pass1,
-        BlockLedger(ledger_root, fp, prefix="predict-"),
-        progress=progress,
-        desc="predict",
-    )
+    run_plan(plan.block_plan, pass1, ledger, progress=progress, desc="predict")
     counts: dict[str, int] = {}
     for name in plan.instance_classes:
         key = f"predictions/{name}"
@@ -609,7 +611,9 @@ def predict_volume(
         }
     )
     if not keep_fragments:
-        shutil.rmtree(store.root / "fragments", ignore_errors=True)
+        storage.remove(storage.join(store.root, "fragments"))
+    # object store: the container is published by its marker, written last (no-op locally)
+    storage.mark_complete(store.root, {"plan_fingerprint": fp})
     return PredictionResult(
         path=str(store.root),
         plan=plan,
@@ -622,21 +626,24 @@ def predict_volume(
 
 def read_prediction_attrs(path: str | Path) -> dict[str, Any]:
     """The ``fib_assets`` attributes of a prediction container."""
-    doc = json.loads((Path(path) / "zarr.json").read_text())
+    doc = storage.read_json(storage.join(path, "zarr.json"))
     attrs: dict[str, Any] = doc["attributes"]["fib_assets"]
     return attrs
 
 
 def read_array(path: str | Path, key: str) -> npt.NDArray[Any]:
     """A whole array of a prediction container (``predictions/mito`` ...), for small volumes."""
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(Path(path) / key / "s0")}}
+    spec = {
+        "driver": "zarr3",
+        "kvstore": storage.tensorstore_kvstore(storage.join(path, key, "s0")),
+    }
     return np.asarray(ts.open(spec, read=True).result().read().result())
 
 
 def read_container_roi(container: str | Path, key: str, roi: Roi) -> npt.NDArray[Any]:
     """Voxels of ``roi`` (z, y, x) of image ``key`` (``predictions/mito``, ``instances/mito``)
     of a prediction/segmentation container, without reading the rest."""
-    path = Path(container) / key / "s0"
-    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    location = storage.join(container, key, "s0")
+    spec = {"driver": "zarr3", "kvstore": storage.tensorstore_kvstore(location)}
     arr = ts.open(spec, read=True).result()
     return np.asarray(arr[roi.to_slices()].read().result())

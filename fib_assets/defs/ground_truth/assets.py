@@ -7,6 +7,7 @@ import pandas as pd
 
 import fib_assets.core.formats.paintera as paintera_module
 from fib_assets.core import labels
+from fib_assets.core import storage as object_storage
 from fib_assets.core.formats.paintera import OmeZarrImage
 from fib_assets.core.preview import markdown_image
 from fib_assets.core.provenance.code_version import code_version_of
@@ -46,8 +47,10 @@ def ground_truth_crops(
         raise dg.Failure(f"raw_volume[{region}] is not materialized: crops need its voxel grid")
     raw_uri = str(raw["metadata"]["dagster/uri"])
     grid = labels.raw_grid(raw_uri)
-    store = labels.RevisionStore(storage.asset_dir("ground_truth_crops", region))
-    scan = labels.scan_inbox(annotations.inbox, region)
+    # a local folder or an s3:// prefix: revisions are published through core.storage (the
+    # annotations inbox itself stays a filesystem path, a shared ReadWriteMany volume)
+    store = labels.RevisionStore(storage.asset_url("ground_truth_crops", region))
+    scan = labels.scan_inbox(annotations.inbox_path(), region)
     for name, why in scan.pending.items():
         context.log.info(f"{region}: waiting for {name}: {why}")
     try:
@@ -110,12 +113,12 @@ def _metadata(
     raw_uri: str,
 ) -> dict[str, Any]:
     revision, current, plan = result.revision, result.current, result.plan
-    stats = pd.read_parquet(revision.path / "label_stats.parquet")
+    stats = revision.label_stats()
     image = OmeZarrImage(raw_uri)
     png = labels.revision_overlay_png(revision, image.read, class_map)
     minutes = [c.minutes_spent for c in revision.crops if c.minutes_spent is not None]
     return {
-        "dagster/uri": dg.MetadataValue.path(str(revision.path)),
+        "dagster/uri": dg.MetadataValue.path(revision.location),
         "revision": revision.number,
         "current_revision": current.number if current else -1,
         "accepted": result.accepted,
@@ -133,7 +136,9 @@ def _metadata(
         "carried_over": dg.MetadataValue.json(list(revision.carried_over)),
         "superseded": dg.MetadataValue.json(list(revision.superseded)),
         "plan": dg.MetadataValue.json(plan.to_dict()),
-        "label_stats": dg.MetadataValue.path(str(revision.path / "label_stats.parquet")),
+        "label_stats": dg.MetadataValue.path(
+            object_storage.join(revision.location, "label_stats.parquet")
+        ),
         "class_summary": dg.MetadataValue.md(_md_table(labels.class_summary(stats, class_map))),
         "overlay": dg.MetadataValue.md(markdown_image(png, "crops with class overlay")),
         "raw_volume": dg.MetadataValue.json(

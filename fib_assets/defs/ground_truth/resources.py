@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from fib_assets.core import storage as object_storage
 from fib_assets.core.geometry import validate_region_key
 from fib_assets.core.labels import COSEM_CLASS_MAP, ClassMap
 from fib_assets.defs.resources import default_data_dir
@@ -19,7 +20,8 @@ class AnnotationsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     inbox: str = Field(
         default_factory=lambda: str(Path(default_data_dir()) / "annotations"),
-        description="Annotations inbox: <inbox>/<region>/<container>.n5|.zarr with an "
+        description="Annotations inbox (a filesystem path, on Kubernetes a shared "
+        "ReadWriteMany volume): <inbox>/<region>/<container>.n5|.zarr with an "
         "annotation.yaml (annotator, minutes spent, crop, split) written last.",
     )
     min_annotated_fraction: float = Field(
@@ -38,6 +40,19 @@ class AnnotationsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def class_map(self) -> ClassMap:
         return ClassMap.from_file(self.class_map_file) if self.class_map_file else COSEM_CLASS_MAP
 
+    def inbox_path(self) -> Path:
+        """The inbox as a local directory. It must be a filesystem (on Kubernetes a shared
+        ReadWriteMany volume, like the landing zone): curators' tools write containers there
+        and submissions are scanned and hashed in place, so an ``s3://`` inbox is refused;
+        the storage root (where revisions are published) may be ``s3://``."""
+        if object_storage.is_remote(self.inbox):
+            raise object_storage.StorageError(
+                f"{self.inbox}: the annotations inbox must be a filesystem path (on Kubernetes "
+                "a shared ReadWriteMany volume, see k8s/README.md), not an object store: "
+                "submissions are scanned and hashed in place. Only the storage root may be s3://"
+            )
+        return Path(self.inbox)
+
     def region_inbox(self, region: str) -> Path:
         """``<inbox>/<region>``; the region key is validated before it touches a path."""
-        return Path(self.inbox) / validate_region_key(region)
+        return self.inbox_path() / validate_region_key(region)

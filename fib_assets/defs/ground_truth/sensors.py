@@ -2,7 +2,6 @@
 ``ground_truth_crops`` for its region."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 
@@ -32,7 +31,7 @@ def annotations_inbox_sensor(
     pending: dict[str, str] = {}
     rejected: dict[str, str] = {}
     requests = []
-    inbox = Path(annotations.inbox)
+    inbox = annotations.inbox_path()
     known = set(context.instance.get_dynamic_partitions(regions.name or "regions"))
     folders = sorted(p.name for p in inbox.iterdir() if p.is_dir()) if inbox.is_dir() else []
     for name in (n for n in folders if not n.startswith(".")):
