@@ -691,7 +691,8 @@ def forget_blocks(ledger: BlockLedger) -> None:
 
 def fetch(location: str | os.PathLike[str]) -> Path:
     """A local path to read a published file or tree from, for readers that only open local
-    files (``torch.load``, ``np.load``...).
+    files (``torch.load``, ``np.load``...). ``location`` is a published container or a file
+    directly inside one (e.g. ``<model>/model.pt`` of the container ``<model>``).
 
     Local: the location itself. Object store: a copy in pod-local scratch
     (``<scratch>/fetched/<key>/<name>``), downloaded and checked against the completion
@@ -702,15 +703,25 @@ def fetch(location: str | os.PathLike[str]) -> Path:
     if not is_remote(location):
         return _local(location)
     url = normalize(location)
+    inner = None
     try:
         marker = read_bytes(marker_url(url))
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{url}: no completion marker (absent or half-written)") from err
+    except FileNotFoundError:
+        try:  # a file inside a published container
+            marker = read_bytes(marker_url(parent(url)))
+        except (FileNotFoundError, StorageError) as err:
+            raise FileNotFoundError(
+                f"{url}: no completion marker for it or its folder (absent or half-written)"
+            ) from err
+        url, inner = parent(url), name(url)
     key = hashlib.sha256(url.encode() + b"\0" + marker).hexdigest()[:24]
     home = scratch_root() / "fetched" / key
     target = home / name(url)
+    found = target / inner if inner else target
     if target.exists():
-        return target
+        if not found.exists():
+            raise FileNotFoundError(f"{url}/{inner}: not in the published container")
+        return found
     home.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=home))
     try:
@@ -721,4 +732,6 @@ def fetch(location: str | os.PathLike[str]) -> Path:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    if not found.exists():
+        raise FileNotFoundError(f"{url}/{inner}: not in the published container")
+    return found
