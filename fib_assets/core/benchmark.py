@@ -4,6 +4,14 @@ Fairness rules: regions are a seeded random sample (never hand-picked); every fo
 the same ROIs in the same order; each measurement is repeated and reported as median and
 IQR; reads are *cold* when the OS lets us drop the page cache for the files (posix_fadvise
 DONTNEED, no root needed), otherwise they are labelled *warm*.
+
+Variants on an ``s3://`` root are measured where they live (column ``storage`` = ``s3``): a
+format whose reader speaks URLs (OME-Zarr over tensorstore's s3 driver) is read in place; a
+format published as staged local files (TIFF, HDF5, Parquet, N5: their readers need local
+files) is read the way the project reads it from S3 — downloaded into scratch and verified
+against its completion marker, then read — and each repeat pays that download again (column
+``io_path`` says which). There is no page cache to drop on S3: such rows say
+``cache`` = ``n/a (s3)``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fib_assets.core import storage
 from fib_assets.core.formats import open_volume
+from fib_assets.core.formats.base import VolumeInfo
 from fib_assets.core.geometry import BlockPlan, Roi
 
 ACCESS_PATTERNS = ("sequential_scan", "random_patches", "slice_xy", "slice_xz", "slice_yz")
@@ -36,7 +46,17 @@ BENCHMARK_COLUMNS = [
     "items_per_s",
     "bytes_on_disk",
     "seed",
+    "storage",
+    "io_path",
 ]
+STORAGE_KINDS = ("local", "s3")
+CACHE_S3 = "n/a (s3)"  # no page cache to drop for objects read over the network
+# how a variant's bytes were reached
+IO_LOCAL = "local file"
+IO_S3_IN_PLACE = "s3 in place"  # the reader/writer speaks s3:// itself (tensorstore)
+IO_S3_DOWNLOAD = "s3 download + local read"  # staged container: downloaded, verified, read
+IO_S3_STAGED_UPLOAD = "s3 staged write + upload"  # written locally, uploaded, read back, marked
+IO_PATHS = (IO_LOCAL, IO_S3_IN_PLACE, IO_S3_DOWNLOAD, IO_S3_STAGED_UPLOAD)
 
 
 def sample_regions(regions: Sequence[str], n: int, seed: int) -> list[str]:
@@ -103,6 +123,7 @@ class Measurement:
     nbytes: int
     items: int
     cache: str
+    io_path: str = IO_LOCAL
 
     @property
     def median(self) -> float:
@@ -114,10 +135,46 @@ class Measurement:
         return float(q75 - q25)
 
 
+def storage_kind(location: str | os.PathLike[str]) -> str:
+    """``"s3"`` for an object-store location, ``"local"`` for a path."""
+    return "s3" if storage.is_remote(location) else "local"
+
+
+def is_staged(location: str) -> bool:
+    """Whether a published object-store variant was staged as local files and uploaded (its
+    completion marker lists the objects): its reader needs a local copy. False for containers
+    written in place (their marker carries no file list) and for local paths."""
+    if not storage.is_remote(location):
+        return False
+    marker = storage.read_json(storage.marker_url(location))
+    return bool(marker.get("files"))
+
+
+def io_path_of(location: str) -> str:
+    """How reads of ``location`` reach the bytes (one of :data:`IO_PATHS`)."""
+    if not storage.is_remote(location):
+        return IO_LOCAL
+    return IO_S3_DOWNLOAD if is_staged(location) else IO_S3_IN_PLACE
+
+
+def _read_rois(path: str, rois: Sequence[Roi]) -> int:
+    vol = open_volume(path)
+    try:
+        return sum(int(vol.read(roi).nbytes) for roi in rois)
+    finally:
+        vol.close()
+
+
 def measure_reads(
     path: str, rois: Sequence[Roi], *, repeats: int = 3, cold: bool = True
 ) -> Measurement:
-    """Time reading every ROI (fresh reader each repeat, cache dropped first when ``cold``)."""
+    """Time reading every ROI (fresh reader each repeat, cache dropped first when ``cold``).
+
+    On an object store the variant is read where it lives (see the module docstring): in
+    place, or downloaded (verified against its marker) and read, the download inside the
+    timed interval of every repeat; the cache is ``n/a (s3)`` whatever ``cold`` says."""
+    if storage.is_remote(path):
+        return _measure_remote_reads(path, rois, repeats=repeats)
     seconds = []
     nbytes = 0
     cache = "cold" if cold else "warm"
@@ -125,15 +182,23 @@ def measure_reads(
         if cold and not drop_file_cache(Path(path)):
             cache = "warm"
         t0 = time.perf_counter()
-        vol = open_volume(path)
-        try:
-            nbytes = 0
-            for roi in rois:
-                nbytes += int(vol.read(roi).nbytes)
-        finally:
-            vol.close()
+        nbytes = _read_rois(path, rois)
         seconds.append(time.perf_counter() - t0)
     return Measurement(seconds, nbytes, len(rois), cache)
+
+
+def _measure_remote_reads(url: str, rois: Sequence[Roi], *, repeats: int) -> Measurement:
+    io_path = io_path_of(url)
+    seconds = []
+    nbytes = 0
+    need = storage.tree_size(url)[0] + 2**20 if io_path == IO_S3_DOWNLOAD else 0
+    for _ in range(repeats):
+        with storage.Staging(url, need_bytes=need, direct=io_path == IO_S3_IN_PLACE) as stage:
+            t0 = time.perf_counter()
+            stage.fetch()  # staged: download + sha256 against the marker (the real read path)
+            nbytes = _read_rois(stage.path, rois)
+            seconds.append(time.perf_counter() - t0)
+    return Measurement(seconds, nbytes, len(rois), CACHE_S3, io_path)
 
 
 def benchmark_variant(
@@ -149,11 +214,18 @@ def benchmark_variant(
     patch: int = 96,
     n_patches: int = 16,
     cold: bool = True,
+    info: VolumeInfo | None = None,
+    write_io_path: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per access pattern (+ one for the write) for one format of one region."""
-    vol = open_volume(path)
-    shape, chunks = vol.info.shape, vol.info.chunks
-    vol.close()
+    """One row per access pattern (+ one for the write) for one format of one region.
+
+    ``path`` is a local path or an ``s3://`` URL; ``info`` (shape, chunks) saves opening the
+    variant when the caller already knows it (e.g. from a downloaded copy)."""
+    if info is None:
+        vol = open_volume(path)
+        info = vol.info
+        vol.close()
+    shape, chunks = info.shape, info.chunks
     patterns: dict[str, list[Roi]] = {
         "sequential_scan": scan_rois(shape, chunks),
         "random_patches": random_patch_rois(shape, patch=patch, n=n_patches, seed=seed),
@@ -162,16 +234,23 @@ def benchmark_variant(
         "slice_yz": slice_rois(shape, 2, seed=seed),
     }
     rows = []
+    kind = storage_kind(path)
     for name, rois in patterns.items():
         m = measure_reads(path, rois, repeats=repeats, cold=cold)
-        rows.append(_row(region, fmt, name, m, bytes_on_disk, seed))
-    w = Measurement(list(write_seconds), write_nbytes, 1, "n/a")
-    rows.append(_row(region, fmt, "write", w, bytes_on_disk, seed))
+        rows.append(_row(region, fmt, name, m, bytes_on_disk, seed, kind))
+    w = Measurement(list(write_seconds), write_nbytes, 1, "n/a", write_io_path or IO_LOCAL)
+    rows.append(_row(region, fmt, "write", w, bytes_on_disk, seed, kind))
     return rows
 
 
 def _row(
-    region: str, fmt: str, pattern: str, m: Measurement, bytes_on_disk: int, seed: int
+    region: str,
+    fmt: str,
+    pattern: str,
+    m: Measurement,
+    bytes_on_disk: int,
+    seed: int,
+    kind: str = "local",
 ) -> dict[str, Any]:
     med = max(m.median, 1e-9)
     return {
@@ -187,6 +266,8 @@ def _row(
         "items_per_s": m.items / med,
         "bytes_on_disk": int(bytes_on_disk),
         "seed": seed,
+        "storage": kind,
+        "io_path": m.io_path,
     }
 
 
@@ -254,7 +335,11 @@ def validate_table(df: pd.DataFrame, expected_rows: int) -> dict[str, Any]:
             e.ExpectColumnValuesToBeInSet(
                 column="access_pattern", value_set=[*ACCESS_PATTERNS, "write"]
             ),
-            e.ExpectColumnValuesToBeInSet(column="cache", value_set=["cold", "warm", "n/a"]),
+            e.ExpectColumnValuesToBeInSet(
+                column="cache", value_set=["cold", "warm", "n/a", CACHE_S3]
+            ),
+            e.ExpectColumnValuesToBeInSet(column="storage", value_set=list(STORAGE_KINDS)),
+            e.ExpectColumnValuesToBeInSet(column="io_path", value_set=list(IO_PATHS)),
             e.ExpectColumnValuesToNotBeNull(column="region"),
         ],
     )

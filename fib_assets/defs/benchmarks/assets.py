@@ -1,7 +1,15 @@
-"""Benchmark tables: which format serves large-volume deep learning best, measured fairly."""
+"""Benchmark tables: which format serves large-volume deep learning best, measured fairly.
 
+The variants are measured where they live — local files, or objects under an ``s3://``
+storage root (see fib_assets.core.benchmark: in place or downloaded, ``storage``/``io_path``
+columns, no cold cache on S3) — and the table is written beside them through core.tables.
+"""
+
+import contextlib
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -9,12 +17,14 @@ import pandas as pd
 from pydantic import Field
 
 from fib_assets.audit import runtime_environment
-from fib_assets.core import benchmark
-from fib_assets.core.blockwise import atomic_write_bytes
+from fib_assets.core import benchmark, tables
+from fib_assets.core import storage as object_storage
 from fib_assets.core.formats import format_module, open_volume
+from fib_assets.core.formats.base import VolumeInfo
 from fib_assets.core.preview import markdown_image
 from fib_assets.core.provenance.code_version import code_version_of
-from fib_assets.defs.formats.assets import VARIANTS, variant_path
+from fib_assets.defs.formats.assets import VARIANTS, WRITES_URLS
+from fib_assets.defs.metadata import latest_materialization
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
 
@@ -32,7 +42,9 @@ class FormatBenchmarkConfig(dg.Config):
     patch: int = Field(default=96, ge=8, description="Edge of random 3D patches (voxels).")
     n_patches: int = Field(default=16, ge=1, description="Random patches per repeat.")
     cold: bool = Field(
-        default=True, description="Drop the OS page cache for the files before each repeat."
+        default=True,
+        description="Drop the OS page cache for the files before each repeat (local files "
+        "only: on an s3:// root there is no page cache to drop and rows say 'n/a (s3)').",
     )
 
 
@@ -64,46 +76,62 @@ def format_benchmark(
     ready = [
         r
         for r in instance.get_dynamic_partitions(regions.name or "regions")
-        if all(variant_path(instance, fmt, r) is not None for fmt in VARIANTS)
+        if all(_variant_location(instance, fmt, r) is not None for fmt in VARIANTS)
     ]
     if not ready:
         raise dg.Failure("no region has all format variants materialized yet")
     sample = benchmark.sample_regions(ready, config.n_regions, config.seed)
     context.log.info(f"sampled regions {sample} of {len(ready)} (seed {config.seed})")
     rows = []
+    scratch_url = object_storage.join(
+        storage.root, "format_benchmark", ".write-scratch", uuid.uuid4().hex[:12]
+    )
     for region in sample:
         for fmt in VARIANTS:
-            path = variant_path(instance, fmt, region)
-            assert path is not None
-            write_s, nbytes = _time_writes(fmt, path, config.repeats)
-            size = sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+            location = _variant_location(instance, fmt, region)
+            assert location is not None
+            nbytes_stored = object_storage.tree_size(location)[0]
+            # the bytes the reader opens locally: the variant itself, or a verified download
+            with _readable_copy(location, nbytes_stored) as local:
+                info = _info(local)
+                write_s, nbytes, write_io = _time_writes(
+                    fmt, local, location, scratch_url, config.repeats
+                )
             rows += benchmark.benchmark_variant(
-                region, fmt, str(path), bytes_on_disk=size, write_seconds=write_s,
+                region, fmt, location, bytes_on_disk=nbytes_stored, write_seconds=write_s,
                 write_nbytes=nbytes, seed=config.seed, repeats=config.repeats,
-                patch=config.patch, n_patches=config.n_patches, cold=config.cold,
+                patch=config.patch, n_patches=config.n_patches, cold=config.cold, info=info,
+                write_io_path=write_io,
             )  # fmt: skip
     df = pd.DataFrame(rows, columns=benchmark.BENCHMARK_COLUMNS)
-    out = Path(storage.root) / "format_benchmark"
-    out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    table = out / f"format_benchmark-{stamp}.parquet"
-    tmp = table.with_name("." + table.name + ".tmp")
-    df.to_parquet(tmp)
-    tmp.replace(table)
     md = benchmark.summary_markdown(df)
-    atomic_write_bytes(table.with_suffix(".md"), md.encode())
     png = benchmark.plot_png(df)
+    written = tables.write_table(
+        object_storage.join(storage.root, "format_benchmark", f"format_benchmark-{stamp}.parquet"),
+        df,
+        markdown=md,
+        png=png,
+    )
+    table = written.parquet
     expected = len(sample) * len(VARIANTS) * (len(benchmark.ACCESS_PATTERNS) + 1)
     gx = benchmark.validate_table(df, expected)
+    kinds = sorted(set(df["storage"]))
     return dg.MaterializeResult(
         metadata={
-            "dagster/uri": dg.MetadataValue.path(str(table)),
+            "dagster/uri": dg.MetadataValue.path(table),
             "dagster/row_count": len(df),
+            "storage": kinds[0] if len(kinds) == 1 else dg.MetadataValue.json(kinds),
+            "io_paths": dg.MetadataValue.json(sorted(set(df["io_path"]))),
             "regions_sampled": dg.MetadataValue.json(sample),
             "regions_available": len(ready),
             "seed": config.seed,
             "repeats": config.repeats,
             "cache": dg.MetadataValue.json(sorted(set(df["cache"]))),
+            "cold_cache": "applied where the OS allows (local files)"
+            if "local" in kinds
+            else "not applicable: variants are read from S3 (no page cache to drop); each "
+            "repeat opens a fresh reader and downloads staged formats again",
             "summary_mib_per_s": dg.MetadataValue.md(md),
             "plot": dg.MetadataValue.md(markdown_image(png, "throughput per format")),
             "environment": dg.MetadataValue.json(runtime_environment()),
@@ -121,11 +149,49 @@ def format_benchmark(
     )
 
 
-def _time_writes(fmt: str, variant: Path, repeats: int) -> tuple[list[float], int]:
-    """Re-write the variant from itself into a scratch folder ``repeats`` times (same data,
-    same layout) and time each write."""
+def _variant_location(instance: dg.DagsterInstance, fmt: str, region: str) -> str | None:
+    """Where the latest ``volume_<fmt>`` of ``region`` was published (a local path or an
+    ``s3://`` URL, from its materialization's ``dagster/uri``); None when not materialized."""
+    latest = latest_materialization(instance, dg.AssetKey(f"volume_{fmt}"), region)
+    return str(latest["metadata"]["dagster/uri"]) if latest else None
+
+
+@contextlib.contextmanager
+def _readable_copy(location: str, nbytes: int) -> Iterator[str]:
+    """A location the format's reader can open: the variant itself (local, or read in place
+    on S3), else a copy downloaded into bounded scratch, verified against its marker."""
+    staged = benchmark.is_staged(location)
+    with object_storage.Staging(location, need_bytes=nbytes + 2**20, direct=not staged) as st:
+        st.fetch()
+        yield st.path
+
+
+def _info(location: str) -> VolumeInfo:
+    vol = open_volume(location)
+    try:
+        return vol.info
+    finally:
+        vol.close()
+
+
+def _time_writes(
+    fmt: str, source: str, variant: str, scratch_url: str, repeats: int
+) -> tuple[list[float], int, str]:
+    """Re-write the variant from itself ``repeats`` times (same data, same layout) where
+    variants are written and time each write: locally into a temporary folder beside it; on
+    S3 through the assets' own path (in place for URL-speaking writers, else staged locally,
+    uploaded and read back, marker last) under a scratch prefix that is removed afterwards.
+    Returns (seconds, bytes of voxels, io path)."""
     module = format_module(fmt)
-    src = open_volume(variant)
+    src = open_volume(source)
+    remote = object_storage.is_remote(variant)
+    io_path = (
+        benchmark.IO_LOCAL
+        if not remote
+        else benchmark.IO_S3_IN_PLACE
+        if fmt in WRITES_URLS
+        else benchmark.IO_S3_STAGED_UPLOAD
+    )
     try:
         info = src.info
         nbytes = int(info.shape[0] * info.shape[1] * info.shape[2]) * (
@@ -133,13 +199,28 @@ def _time_writes(fmt: str, variant: Path, repeats: int) -> tuple[list[float], in
         )
         seconds = []
         for i in range(repeats):
-            with tempfile.TemporaryDirectory(dir=variant.parent) as scratch:
-                plan = module.plan_write(
-                    Path(scratch) / f"w{i}{module.SUFFIX}", info, chunks=info.chunks
-                )
+            if not remote:
+                with tempfile.TemporaryDirectory(dir=Path(variant).parent) as scratch:
+                    plan = module.plan_write(
+                        Path(scratch) / f"w{i}{module.SUFFIX}", info, chunks=info.chunks
+                    )
+                    t0 = time.perf_counter()
+                    module.write_volume(plan, src)
+                    seconds.append(time.perf_counter() - t0)
+                continue
+            target = object_storage.join(scratch_url, f"{fmt}-w{i}{module.SUFFIX}")
+            try:
+                need = 2 * nbytes + 2**20
                 t0 = time.perf_counter()
-                module.write_volume(plan, src)
+                with object_storage.Staging(
+                    target, need_bytes=need, direct=fmt in WRITES_URLS
+                ) as stage:
+                    plan = module.plan_write(stage.path, info, chunks=info.chunks)
+                    module.write_volume(plan, src)
+                    stage.publish({"benchmark": True})
                 seconds.append(time.perf_counter() - t0)
+            finally:
+                object_storage.remove(scratch_url)
     finally:
         src.close()
-    return seconds, nbytes
+    return seconds, nbytes, io_path
