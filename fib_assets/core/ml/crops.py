@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,12 +118,13 @@ class EvalCrop:
 @dataclass
 class RegionData:
     """One region's inputs to training or evaluation: the accepted ground-truth revision and
-    the raw voxels (a format variant) with their data versions."""
+    the raw voxels (a format variant, a local path or an ``s3://`` URL) with their data
+    versions."""
 
     region: str
     role: str
     revision: labels.Revision
-    raw_path: Path
+    raw_path: str
     raw_data_version: str | None
     variant: str
 
@@ -133,7 +133,7 @@ class RegionData:
             "role": self.role,
             "ground_truth_revision": self.revision.number,
             "ground_truth_data_version": self.revision.data_version,
-            "ground_truth_path": str(self.revision.path),
+            "ground_truth_path": self.revision.location,
             "variant": f"volume_{self.variant}",
             "variant_path": str(self.raw_path),
             "variant_data_version": self.raw_data_version,

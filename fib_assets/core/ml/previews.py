@@ -5,7 +5,6 @@ ground-truth overlay palette."""
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fib_assets.core import labels
+from fib_assets.core import labels, storage
 from fib_assets.core.formats import open_volume
 from fib_assets.core.geometry import Roi
 from fib_assets.core.ml.classes import ClassSpec
@@ -80,7 +79,7 @@ def instance_colors(ids: Array) -> Array:
 # --- inference outputs (no Dagster) -------------------------------------------------------------
 
 
-def read_plane(path: Path, roi: Roi) -> Array:
+def read_plane(path: str | Path, roi: Roi) -> Array:
     """One (1, y, x) ROI of a format variant as a uint8 (y, x) plane."""
     src = open_volume(path)
     try:
@@ -90,11 +89,16 @@ def read_plane(path: Path, roi: Roi) -> Array:
         src.close()
 
 
-def prediction_classes_present(container: Path, classes: Sequence[str]) -> list[str]:
-    return [c for c in classes if (container / "predictions" / c / "s0" / "zarr.json").exists()]
+def prediction_classes_present(container: str | Path, classes: Sequence[str]) -> list[str]:
+    """Classes whose map exists in a prediction container (a local path or an s3:// URL)."""
+    return [
+        c
+        for c in classes
+        if storage.exists(storage.join(container, "predictions", c, "s0", "zarr.json"))
+    ]
 
 
-def prediction_preview(raw_path: Path, container: Path) -> str:
+def prediction_preview(raw_path: str | Path, container: str | Path) -> str:
     """Markdown: the middle slice (centre crop) of the raw beside it with every class's
     predicted foreground coloured as in the ground-truth overlays."""
     attrs = read_prediction_attrs(container)
@@ -116,11 +120,11 @@ def prediction_preview(raw_path: Path, container: Path) -> str:
     )
 
 
-def instance_preview(raw_path: Path, container: Path, class_name: str) -> str:
-    """Markdown: the middle slice of the raw beside it with one class's instances coloured."""
-    shape = json.loads((container / "instances" / class_name / "s0" / "zarr.json").read_text())[
-        "shape"
-    ]
+def instance_preview(raw_path: str | Path, container: str | Path, class_name: str) -> str:
+    """Markdown: the middle slice of the raw beside it with one class's instances coloured
+    (paths or s3:// URLs)."""
+    array_json = storage.join(container, "instances", class_name, "s0", "zarr.json")
+    shape = storage.read_json(array_json)["shape"]
     roi = preview_roi(shape)
     plane = read_plane(raw_path, roi)
     inst = read_container_roi(container, f"instances/{class_name}", roi)[0]

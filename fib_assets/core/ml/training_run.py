@@ -1,8 +1,16 @@
 """One experiment's training run: train with periodic model selection on validation crops,
-resume after a crash, publish the selected checkpoint content-addressed with its model card."""
+resume after a crash, publish the selected checkpoint content-addressed with its model card.
+
+The experiment's folder is a local path or an ``s3://`` prefix (:mod:`fib_assets.core.storage`).
+Training always runs in a local folder (torch writes files); on an object store that folder is
+in pod-local scratch, mirrored to ``<exp>/.train-<key>`` after every selection point (marker
+last) so a replaced pod resumes from the last mirrored point, and the model folder
+``<exp>/<sha256[:16]>/`` (checkpoint + card) is uploaded, read back and published by its
+completion marker, written last."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -14,7 +22,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from fib_assets.core.blockwise import atomic_write_json, fingerprint
+from fib_assets.core import storage
+from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json, fingerprint
 from fib_assets.core.ml.crops import CropSetSampler, EvalCrop, RegionData, assemble_training_data
 from fib_assets.core.ml.evaluate import evaluate_crops
 from fib_assets.core.ml.experiments import Experiment
@@ -54,12 +63,15 @@ def train_with_selection(
     n_points: int = 5,
     threads: int | None = None,
     log: Callable[[str], None] = print,
+    on_saved: Callable[[], None] | None = None,
 ) -> TrainingOutcome:
     """Train ``config`` on ``sampler`` in ``staging``; at :func:`selection_points` save
     ``latest.pt`` (a killed run resumes from it) and, when there are validation crops, score
     the model on them and keep the best mean Dice as ``best-<step>.pt`` (model selection;
     ``selection.json`` names it and is written after it). Returns the selected checkpoint:
-    the best one, or ``latest.pt`` without validation crops."""
+    the best one, or ``latest.pt`` without validation crops. ``on_saved`` is called after
+    every selection point, once its files are written (e.g. to mirror them to an object
+    store)."""
     staging.mkdir(parents=True, exist_ok=True)
     latest = staging / "latest.pt"
     state_file = staging / "selection.json"
@@ -116,6 +128,8 @@ def train_with_selection(
         trainer.save(latest)
         if validation:
             select()
+        if on_saved is not None:
+            on_saved()
     best = staging / state["best_file"] if state["best_file"] else None
     chosen = best if validation and best is not None else latest
     return TrainingOutcome(
@@ -135,34 +149,60 @@ def train_with_selection(
 
 @dataclass
 class TrainedModel:
-    checkpoint: Path
+    checkpoint: str  # a local path or an s3:// URL
     sha256: str
     card: dict[str, Any]
     markdown: str
 
 
-def publish_checkpoint(selected: Path, staging: Path, exp_dir: Path) -> tuple[Path, str]:
-    """Copy the selected checkpoint to ``<exp_dir>/<sha256[:16]>/model.pt`` (content-addressed,
-    so predictions made with an older model keep pointing at its unchanged file)."""
+def publish_checkpoint(
+    selected: Path,
+    staging: Path,
+    exp_dir: str | Path,
+    describe: Callable[[str, str], tuple[dict[str, Any], str]],
+) -> tuple[str, str, dict[str, Any], str]:
+    """Publish the selected checkpoint as ``<exp_dir>/<sha256[:16]>/model.pt`` (content-
+    addressed, so predictions made with an older model keep pointing at its unchanged file)
+    with the run's metrics, its selection record and the model card that ``describe``
+    (checkpoint location, sha256) -> (card, markdown) returns. Local: written in place (the
+    checkpoint renamed in last-step atomically). Object store: the folder is built in scratch,
+    uploaded, read back and published by its completion marker (written last), so the model
+    and its card appear together. Returns (checkpoint location, sha256, card, markdown)."""
     sha = sha256_file(selected)
-    final_dir = exp_dir / sha[:16]
-    final_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = final_dir / "model.pt"
-    if not checkpoint.exists() or sha256_file(checkpoint) != sha:
-        tmp = final_dir / ".model.pt.tmp"
-        shutil.copyfile(selected, tmp)
-        tmp.replace(checkpoint)
-    for extra in ("metrics.jsonl", "selection.json"):
-        if (staging / extra).exists():
-            shutil.copyfile(staging / extra, final_dir / extra)
-    return checkpoint, sha
+    final = storage.join(exp_dir, sha[:16])
+    checkpoint = storage.join(final, "model.pt")
+    need = 2 * selected.stat().st_size + 2**20
+    with storage.Staging(final, need_bytes=need) as stage:
+        folder = Path(stage.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        local = folder / "model.pt"
+        if not local.exists() or sha256_file(local) != sha:
+            tmp = folder / ".model.pt.tmp"
+            shutil.copyfile(selected, tmp)
+            tmp.replace(local)
+        for extra in ("metrics.jsonl", "selection.json"):
+            if (staging / extra).exists():
+                shutil.copyfile(staging / extra, folder / extra)
+        card, md = describe(checkpoint, sha)
+        atomic_write_json(folder / "model_card.json", card)
+        atomic_write_bytes(folder / "model_card.md", (md + "\n").encode())
+        stage.publish({"checkpoint_sha256": sha})
+    return checkpoint, sha, card, md
+
+
+def _training_folder(exp_dir: str, key: str) -> Path:
+    """Where a run trains: beside the models locally, in pod-local scratch on an object store."""
+    if not storage.is_remote(exp_dir):
+        return Path(exp_dir) / f".train-{key}"
+    home = hashlib.sha256(exp_dir.encode()).hexdigest()[:16]
+    return storage.scratch_root() / "training" / home / f".train-{key}"
 
 
 def train_experiment(
     exp: Experiment,
     config: TrainConfig,
     regions_data: Sequence[RegionData],
-    exp_dir: Path,
+    exp_dir: str | Path,
     *,
     init: Mapping[str, Any] | None,
     split_info: Mapping[str, Any],
@@ -172,15 +212,27 @@ def train_experiment(
     run_id: str | None = None,
 ) -> TrainedModel:
     """Train ``exp`` (as ``config``) on ``regions_data`` and publish the checkpoint and its
-    model card under ``exp_dir``. The staging folder is named by everything that determines
-    the result, so a rerun after a crash resumes it, and it is removed once published."""
+    model card under ``exp_dir`` (a local path or an ``s3://`` prefix). The staging folder is
+    named by everything that determines the result, so a rerun after a crash resumes it (on an
+    object store from its mirror), and it is removed once published."""
+    exp_dir = storage.normalize(exp_dir)
     data = assemble_training_data(config, regions_data)
     try:
         provenance = {r: {k: v for k, v in u.items() if k != "role"} for r, u in data.used.items()}
         key = fingerprint(
             {"config": config.to_dict(), "data": provenance, "init": init, "points": n_points}
         )[:16]
-        staging = exp_dir / f".train-{key}"
+        staging = _training_folder(exp_dir, key)
+        mirror = storage.join(exp_dir, f".train-{key}") if storage.is_remote(exp_dir) else None
+        if mirror and not (staging / "latest.pt").exists() and storage.is_complete(mirror):
+            shutil.rmtree(staging, ignore_errors=True)
+            storage.download_verified(mirror, staging)
+            log(f"resuming from the mirrored training state {mirror}")
+
+        def save_mirror() -> None:
+            if mirror:
+                storage.publish_staged(staging, mirror, info={"experiment": exp.name})
+
         log(
             f"{exp.name}: {len(data.sampler.names)} training crops, {len(data.validation)} "
             f"validation crops, input patch {list(config.input_shape)}"
@@ -193,24 +245,32 @@ def train_experiment(
             n_points=n_points,
             threads=threads,
             log=log,
+            on_saved=save_mirror,
         )
     finally:
         data.close()
-    checkpoint, sha = publish_checkpoint(outcome.checkpoint, staging, exp_dir)
-    card = build_model_card(
-        exp,
-        config,
-        outcome,
-        data,
-        init=init,
-        split_info=split_info,
-        checkpoint=checkpoint,
-        sha=sha,
-        run_id=run_id,
+
+    def describe(checkpoint: str, sha: str) -> tuple[dict[str, Any], str]:
+        card = build_model_card(
+            exp,
+            config,
+            outcome,
+            data,
+            init=init,
+            split_info=split_info,
+            checkpoint=Path(checkpoint),
+            sha=sha,
+            run_id=run_id,
+        )
+        card["checkpoint"] = checkpoint  # a URL stays a URL (Path() would fold its '//')
+        return card, model_card_markdown(card)
+
+    checkpoint, sha, card, md = publish_checkpoint(outcome.checkpoint, staging, exp_dir, describe)
+    storage.write_json(
+        storage.join(exp_dir, "current.json"), {"checkpoint": checkpoint, "sha256": sha}
     )
-    md = model_card_markdown(card)
-    atomic_write_json(checkpoint.parent / "model_card.json", card)
-    (checkpoint.parent / "model_card.md").write_text(md + "\n")
-    atomic_write_json(exp_dir / "current.json", {"checkpoint": str(checkpoint), "sha256": sha})
     shutil.rmtree(staging, ignore_errors=True)
+    if mirror:
+        storage.retract(mirror)
+        storage.remove(mirror)
     return TrainedModel(checkpoint, sha, card, md)

@@ -31,6 +31,14 @@ The science lives in :mod:`fib_assets.core.ml` (``crops``: training and evaluati
 ground-truth crops; ``training_run``: training with model selection and publishing;
 ``modelcard``; ``evaluate``: Dice/IoU on crops and the instance segmentation; ``previews``);
 the asset bodies here look up inputs in the event log, call it and describe the result.
+
+**Storage.** Every asset here runs on a local storage root or an ``s3://`` one through the same
+code (:mod:`fib_assets.core.storage`): ground-truth revisions and Zarr variants are read where
+they are, prediction arrays and their block markers are written in place (tensorstore's
+kvstore of the location; a killed pod's replacement resumes from the marker objects),
+checkpoints and segmentations are written locally and published (on S3 uploaded, read back and
+marked complete last); checkpoints are loaded through a verified local copy (transfer learning
+included).
 """
 
 from collections.abc import Mapping
@@ -48,10 +56,12 @@ import fib_assets.core.ml.sampler as sampler_module
 import fib_assets.core.ml.train as train_module
 import fib_assets.core.ml.training_run as training_run_module
 from fib_assets.core import labels
+from fib_assets.core import storage as object_storage
 from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.geometry import validate_region_key
+from fib_assets.core.ml.classes import ClassSpec
 from fib_assets.core.ml.crops import RegionData
-from fib_assets.core.ml.evaluate import score_against_crops, segment_predictions
+from fib_assets.core.ml.evaluate import Segmentation, score_against_crops, segment_predictions
 from fib_assets.core.ml.experiments import Experiment
 from fib_assets.core.ml.predict import (
     connected_components_blockwise,
@@ -180,13 +190,8 @@ def current_split(instance: dg.DagsterInstance) -> tuple[dict[str, str], dict[st
 
 def _revision_store(storage: StorageResource, region: str) -> labels.RevisionStore:
     """The region's ground-truth revisions (read only: no folder is created)."""
-    if storage.is_remote:
-        raise dg.Failure(
-            f"{storage.root}: the training family reads ground truth and writes checkpoints on "
-            "a local (or mounted) storage root"
-        )
     return labels.RevisionStore(
-        Path(storage.root) / "ground_truth_crops" / validate_region_key(region)
+        object_storage.join(storage.root, "ground_truth_crops", validate_region_key(region))
     )
 
 
@@ -202,7 +207,7 @@ def region_data(
             f"volume_{variant}[{region}] is not materialized: training reads the raw voxels "
             "through it (materialize it, or choose another variant)"
         )
-    path = Path(str(rec["metadata"]["dagster/uri"]))
+    path = str(rec["metadata"]["dagster/uri"])
     return RegionData(region, role, revision, path, rec["data_version"], variant)
 
 
@@ -214,10 +219,15 @@ def model_record(instance: dg.DagsterInstance, experiment: str) -> dict[str, Any
             f"organelle_model[{experiment}] is not materialized: train it first "
             f"(materialize organelle_model, partition {experiment})"
         )
-    ckpt = Path(str(rec["metadata"]["checkpoint"]))
-    if not ckpt.is_file():
+    ckpt = str(rec["metadata"]["checkpoint"])
+    try:
+        # a verified local copy (the file itself on a local root): torch reads local files
+        local = object_storage.fetch(ckpt)
+    except (FileNotFoundError, object_storage.StorageError) as err:
+        raise dg.Failure(f"organelle_model[{experiment}]: checkpoint {ckpt}: {err}") from err
+    if not local.is_file():
         raise dg.Failure(f"organelle_model[{experiment}]: checkpoint {ckpt} is missing")
-    return {**rec, "checkpoint": ckpt}
+    return {**rec, "checkpoint": ckpt, "local_checkpoint": local}
 
 
 def _split_table(assignment: Mapping[str, str], details: Mapping[str, dict[str, Any]]) -> str:
@@ -246,13 +256,14 @@ def model_metadata(card: Mapping[str, Any], markdown: str, variant: str) -> dict
     }
     if init.get("experiment"):
         versions[f"init:organelle_model[{init['experiment']}]"] = init["data_version"]
-    checkpoint = Path(card["checkpoint"])
+    checkpoint = str(card["checkpoint"])  # a local path or an s3:// URL
+    folder = object_storage.parent(checkpoint)
     meta: dict[str, Any] = {
-        "dagster/uri": dg.MetadataValue.path(str(checkpoint.parent)),
-        "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+        "dagster/uri": dg.MetadataValue.path(folder),
+        "checkpoint": dg.MetadataValue.path(checkpoint),
         "checkpoint_sha256": card["checkpoint_sha256"],
         "model_card": dg.MetadataValue.md(markdown),
-        "model_card_file": dg.MetadataValue.path(str(checkpoint.parent / "model_card.json")),
+        "model_card_file": dg.MetadataValue.path(object_storage.join(folder, "model_card.json")),
         "experiment": dg.MetadataValue.json(card["experiment_spec"]),
         "architecture": dg.MetadataValue.json(card["architecture"]),
         "parameters": int(card["parameters"]),
@@ -401,7 +412,9 @@ def build_training_assets(
                 "checkpoint_sha256": src["metadata"].get("checkpoint_sha256"),
                 "data_version": src["data_version"],
             }
-        train_config = exp.train_config(init["checkpoint"] if init else None)
+        # the trainer reads the init weights from a local file (a verified copy of an s3://
+        # checkpoint); the card records where they were published
+        train_config = exp.train_config(str(src["local_checkpoint"]) if init else None)
         iterations = config.iterations or train_config.iterations
         train_config = train_config.replace(
             iterations=iterations, metrics_every=max(1, iterations // 10)
@@ -420,7 +433,7 @@ def build_training_assets(
             exp,
             train_config,
             data,
-            storage.asset_dir("organelle_model", name),
+            storage.asset_url("organelle_model", name),
             init=init,
             split_info={
                 "data_version": split_rec["data_version"],
@@ -477,9 +490,11 @@ def build_training_assets(
         )
         if raw is None:
             raise dg.Failure(f"volume_{config.variant}[{region}] is not materialized")
-        raw_path = Path(str(raw["metadata"]["dagster/uri"]))
+        raw_path = str(raw["metadata"]["dagster/uri"])
         sha = str(model["metadata"]["checkpoint_sha256"])
-        out = storage.asset_dir("predictions", region) / f"{config.experiment}-{sha[:12]}.zarr"
+        out = object_storage.join(
+            storage.asset_url("predictions", region), f"{config.experiment}-{sha[:12]}.zarr"
+        )
         block = (config.block_edge,) * 3 if config.block_edge else None
         try:
             plan = plan_prediction(model["checkpoint"], raw_path, out, block_shape=block)
@@ -497,12 +512,12 @@ def build_training_assets(
         return dg.MaterializeResult(
             data_version=dg.DataVersion(plan.fingerprint),
             metadata={
-                "dagster/uri": dg.MetadataValue.path(str(out)),
+                "dagster/uri": dg.MetadataValue.path(out),
                 "experiment": config.experiment,
                 "checkpoint": dg.MetadataValue.path(str(model["checkpoint"])),
                 "checkpoint_sha256": sha,
                 "model_data_version": str(model["data_version"]),
-                "raw": dg.MetadataValue.path(str(raw_path)),
+                "raw": dg.MetadataValue.path(raw_path),
                 "raw_data_version": str(raw["data_version"]),
                 "classes": dg.MetadataValue.json(list(plan.classes)),
                 "arrays": dg.MetadataValue.json([f"predictions/{c}/s0" for c in plan.classes]),
@@ -554,26 +569,33 @@ def build_training_assets(
         training split give an unbiased score (region_role says which)."""
         region = context.partition_key
         pred = _predictions_record(context.instance, region, config.experiment)
-        pred_path = Path(str(pred["metadata"]["dagster/uri"]))
+        pred_path = str(pred["metadata"]["dagster/uri"])
         if not read_prediction_attrs(pred_path).get("complete"):
             raise dg.Failure(f"{pred_path}: predictions are incomplete; rematerialize them")
-        out = (
-            storage.asset_dir("segmentation", region)
-            / f"{config.experiment}-{str(pred['data_version'])[:12]}.zarr"
+        out = object_storage.join(
+            storage.asset_url("segmentation", region),
+            f"{config.experiment}-{str(pred['data_version'])[:12]}.zarr",
         )
-        seg = segment_predictions(pred_path, out, str(pred["data_version"]))
+        seg = _segment(pred_path, out, str(pred["data_version"]))
         classes = seg.classes
         split = current_split(context.instance)
         role = split[0].get(region, "not in split") if split else "no split"
         revision = _revision_store(storage, region).current()
-        raw_path = Path(str(pred["metadata"]["raw"]))
+        raw_path = str(pred["metadata"]["raw"])
         overlaps, table = (
-            score_against_crops(revision, raw_path, out, classes) if revision else ({}, "")
+            score_against_crops(revision, raw_path, out, classes)  # type: ignore[arg-type]
+            if revision
+            else ({}, "")
         )
         meta: dict[str, Any] = {
-            "dagster/uri": dg.MetadataValue.path(str(out)),
+            "dagster/uri": dg.MetadataValue.path(out),
             "experiment": config.experiment,
-            "predictions": dg.MetadataValue.path(str(pred_path)),
+            "storage_mode": (
+                "segmented in local scratch, uploaded, read back (sha256) and marked complete"
+                if object_storage.is_remote(out)
+                else "written in place"
+            ),
+            "predictions": dg.MetadataValue.path(pred_path),
             "predictions_data_version": str(pred["data_version"]),
             "checkpoint_sha256": str(pred["metadata"].get("checkpoint_sha256")),
             "region_role": role,
@@ -606,6 +628,38 @@ def build_training_assets(
         )
 
     return [training_split, organelle_model, predictions, segmentation]
+
+
+def _segment(pred_path: str, out: str, version: str) -> Segmentation:
+    """Segment a prediction container into ``out`` (local path or ``s3://`` URL).
+
+    Locally in place and resumable (block markers beside it). On an object store the labelling
+    runs in pod-local scratch (its markers there: a replaced pod starts the segmentation over,
+    which is cheap next to prediction) and the finished container is uploaded, read back and
+    marked complete last; a complete one is reused from its attributes."""
+    with object_storage.Staging(out, need_bytes=_segmentation_bytes(pred_path)) as stage:
+        if stage.staged and object_storage.is_complete(out):
+            attrs = read_prediction_attrs(out)
+            plan = read_prediction_attrs(pred_path)["plan"]
+            s = [int(v) for v in plan["volume_shape"]]
+            return Segmentation(
+                [ClassSpec.from_dict(c) for c in attrs["classes"]],
+                {str(k): int(v) for k, v in attrs["max_id"].items()},
+                (s[0], s[1], s[2]),
+            )
+        seg = segment_predictions(pred_path, Path(stage.path), version)  # type: ignore[arg-type]
+        stage.publish({"predictions_data_version": version})
+    return seg
+
+
+def _segmentation_bytes(pred_path: str) -> int:
+    """Scratch for a staged segmentation: uint64 fragments and instances of every class
+    (uncompressed, an upper bound)."""
+    attrs = read_prediction_attrs(pred_path)
+    voxels = 1
+    for v in attrs["plan"]["volume_shape"]:
+        voxels *= int(v)
+    return 2 * 8 * voxels * max(1, len(attrs["plan"]["classes"])) + 2**20
 
 
 def _predictions_record(

@@ -2,10 +2,9 @@
 training, or a checkpoint that does not load or predicts non-finite values, must stop the
 models and predictions downstream of it in the same run."""
 
-from pathlib import Path
-
 import dagster as dg
 
+from fib_assets.core import storage as object_storage
 from fib_assets.core.ml.train import checkpoint_smoke_test
 from fib_assets.defs.metadata import latest_materialization
 from fib_assets.defs.training.assets import ORGANELLE_MODEL, TRAINING_SPLIT, current_split
@@ -88,11 +87,16 @@ def build_training_checks(
         rec = latest_materialization(context.instance, ORGANELLE_MODEL, experiment)
         if rec is None:
             return dg.AssetCheckResult(passed=False, description="not materialized")
-        path = Path(str(rec["metadata"]["checkpoint"]))
-        if not path.is_file():
+        path = str(rec["metadata"]["checkpoint"])  # a local path or an s3:// URL
+        try:
+            # on an object store: a local copy checked against the model folder's marker
+            local = object_storage.fetch(path)
+        except (FileNotFoundError, object_storage.StorageError) as err:
+            return dg.AssetCheckResult(passed=False, description=f"{path}: {err}")
+        if not local.is_file():
             return dg.AssetCheckResult(passed=False, description=f"{path} is missing")
         recorded = str(rec["metadata"].get("checkpoint_sha256"))
-        actual = sha256_file(path)
+        actual = sha256_file(local)
         if actual != recorded:
             return dg.AssetCheckResult(
                 passed=False,
@@ -100,7 +104,7 @@ def build_training_checks(
                 f"recorded {recorded[:12]}…)",
             )
         try:
-            result = checkpoint_smoke_test(path)
+            result = checkpoint_smoke_test(local)
         except (ValueError, RuntimeError, KeyError) as err:
             return dg.AssetCheckResult(passed=False, description=f"{path}: {err}")
         return dg.AssetCheckResult(
