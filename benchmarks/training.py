@@ -57,7 +57,13 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def tiny_config(args: argparse.Namespace, iterations: int, **changes: object) -> TrainConfig:
     config = TrainConfig(
-        unet=UNetConfig(levels=3, base_width=8, width_factor=2, downsample=((2, 2, 2), (2, 2, 2))),
+        unet=UNetConfig(
+            levels=3,
+            base_width=8,
+            width_factor=2,
+            downsample=((2, 2, 2), (2, 2, 2)),
+            norm=args.norm,
+        ),
         classes=MITO,
         output_shape=(args.patch,) * 3,
         batch_size=args.batch,
@@ -139,6 +145,12 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--norm",
+        choices=("batch", "none"),
+        default="batch",
+        help="U-Net normalization (none = COSEM's plain convolutions)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-formats", action="store_true")
     ap.add_argument("--skip-transfer", action="store_true")

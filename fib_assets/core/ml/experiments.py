@@ -15,6 +15,8 @@ Schema (every key is checked; errors name the file and the key)::
       width_factor: 6
       downsample: [[2, 2, 2], [3, 3, 3], [3, 3, 3]]
       padding: valid
+      norm: none                   # optional: none (COSEM) or batch (running statistics at
+                                   # inference, so blockwise prediction stays exact)
     initialization: scratch        # or {from: <experiment name>, freeze_encoder: true}
     budget: {iterations: 20000, patch_size: [54, 54, 54], batch_size: 1}
     optimizer: {lr: 5.0e-5, betas: [0.95, 0.999]}          # optional, COSEM defaults;
@@ -69,6 +71,7 @@ ARCHITECTURE_KEYS = {
     "convs_per_level",
     "kernel_size",
     "in_channels",
+    "norm",
 }
 BUDGET_KEYS = {"iterations", "patch_size", "batch_size"}
 #: learning-rate schedules (see :meth:`fib_assets.core.ml.train.TrainConfig.lr_at`)

@@ -88,6 +88,25 @@ def test_blockwise_equals_one_unblocked_forward_pass(tmp_path: Path, checkpoint,
     assert attrs["max_id"]["mito"] == int(reference.max()) == int(instances.max())
 
 
+def test_blockwise_equals_unblocked_with_batch_norm(tmp_path: Path, tiny_config, tiny_region):
+    """Batch normalization applies running statistics at inference (a per-channel affine map),
+    so blockwise prediction stays equal to one whole-volume pass."""
+    raw, labels = tiny_region
+    config = tiny_config.replace(
+        unet=tiny_config.unet.__class__.from_dict({**tiny_config.unet.to_dict(), "norm": "batch"})
+    )
+    trainer = Trainer(config, build_sampler(config, ArraySource(raw, VS), ArraySource(labels, VS)))
+    trainer.fit(3)
+    checkpoint = trainer.save(tmp_path / "model.pt")
+    volume = ArraySource(np.ascontiguousarray(raw[:, :40, :]), VS)
+    plan = plan_prediction(checkpoint, volume, tmp_path / "pred.zarr", block_shape=(8, 16, 16))
+    predict_volume(plan, raw=volume)
+    blocked = read_array(tmp_path / "pred.zarr", "predictions/mito")
+    expected = tanh_to_uint8(predict_whole(checkpoint, volume)[0])
+    diff = np.abs(blocked.astype(int) - expected.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 def test_failing_block_leaves_no_marker_and_rerun_does_only_missing(
     tmp_path: Path, checkpoint, volume
 ) -> None:

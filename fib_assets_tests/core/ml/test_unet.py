@@ -86,6 +86,7 @@ def test_wrong_channels_raise() -> None:
         ({"base_width": 0}, "base_width"),
         ({"downsample": [[2, 2], [2, 2, 2]]}, "3 positive ints"),
         ({"bogus": 1}, "unknown UNetConfig keys"),
+        ({"norm": "group"}, "norm must be one of"),
     ],
 )
 def test_config_validation_names_bad_value(change: dict, needle: str) -> None:
@@ -96,3 +97,26 @@ def test_config_validation_names_bad_value(change: dict, needle: str) -> None:
 def test_config_round_trip() -> None:
     config = UNetConfig.from_dict({**TINY, "final_activation": "none"})
     assert UNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_batch_norm_layers_and_round_trip() -> None:
+    config = UNetConfig.from_dict({**TINY, "padding": "same", "norm": "batch"})
+    assert UNetConfig.from_dict(config.to_dict()) == config
+    model = UNet(config)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    # one per convolution: 2 per encoder level (3) and per decoder level (2)
+    assert len(norms) == 2 * (3 + 2)
+    plain = UNet(UNetConfig.from_dict({**TINY, "padding": "same"}))
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in plain.modules())
+    # checkpoints written before the option existed have no "norm": they load as plain nets
+    legacy = {k: v for k, v in plain.config.to_dict().items() if k != "norm"}
+    assert UNetConfig.from_dict(legacy).norm == "none"
+    # training mode updates the running statistics, eval mode applies them unchanged
+    model.train()
+    model(torch.randn(2, 1, 8, 16, 16) * 3 + 5)
+    assert float(norms[0].running_mean.abs().max()) > 0
+    model.eval()
+    x = torch.randn(1, 1, 8, 16, 16)
+    before = [n.running_mean.clone() for n in norms]
+    assert torch.equal(model(x), model(x))
+    assert all(torch.equal(b, n.running_mean) for b, n in zip(before, norms, strict=True))
