@@ -18,6 +18,7 @@ from fib_assets.core import labels
 from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.formats import open_volume
 from fib_assets.core.geometry import Roi
+from fib_assets.core.metrics.semantic import Confusion, confusion
 from fib_assets.core.ml.classes import ClassSpec
 from fib_assets.core.ml.crops import EvalCrop, crop_labels
 from fib_assets.core.ml.predict import (
@@ -53,59 +54,26 @@ def predict_roi(model: UNet, config: TrainConfig, volume: PreprocessedVolume, ro
     return maps[:, : roi.shape[0], : roi.shape[1], : roi.shape[2]]
 
 
-@dataclass
-class Overlap:
-    """Voxel counts for Dice/IoU of one class: |pred ∩ truth|, |pred|, |truth| (annotated
-    voxels only)."""
-
-    intersection: int = 0
-    predicted: int = 0
-    truth: int = 0
-
-    def add(self, pred: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> None:
-        self.intersection += int(np.count_nonzero(pred & truth))
-        self.predicted += int(np.count_nonzero(pred))
-        self.truth += int(np.count_nonzero(truth))
-
-    @property
-    def dice(self) -> float:
-        total = self.predicted + self.truth
-        return 2.0 * self.intersection / total if total else 1.0
-
-    @property
-    def iou(self) -> float:
-        union = self.predicted + self.truth - self.intersection
-        return self.intersection / union if union else 1.0
-
-
 def crop_overlaps(
     predicted: Callable[[ClassSpec], npt.NDArray[np.bool_]],
     truth_labels: Array,
     classes: Sequence[ClassSpec],
-) -> dict[str, Overlap]:
-    """One crop's overlaps per class; voxels with label 0 (unannotated) are not scored.
+) -> dict[str, Confusion]:
+    """One crop's voxel confusion per class; voxels with label 0 (unannotated) are not scored.
     ``predicted(class)`` is the predicted mask of the crop's ROI."""
     annotated = truth_labels != labels.UNANNOTATED
-    out = {}
-    for c in classes:
-        o = Overlap()
-        o.add(predicted(c) & annotated, c.mask(truth_labels))
-        out[c.name] = o
-    return out
+    return {c.name: confusion(c.mask(truth_labels), predicted(c), annotated) for c in classes}
 
 
-def pool_overlaps(into: dict[str, Overlap], part: Mapping[str, Overlap]) -> None:
+def pool_overlaps(into: dict[str, Confusion], part: Mapping[str, Confusion]) -> None:
     """Add a crop's counts to the totals (Dice over all crops pools voxels, not crop scores)."""
-    for name, o in part.items():
-        t = into.setdefault(name, Overlap())
-        t.intersection += o.intersection
-        t.predicted += o.predicted
-        t.truth += o.truth
+    for name, c in part.items():
+        into[name] = into[name] + c if name in into else c
 
 
 def evaluate_crops(model: UNet, config: TrainConfig, crops: Sequence[EvalCrop]) -> dict[str, float]:
     """Dice per class over all ``crops`` (voxel counts pooled), threshold 127 on uint8."""
-    totals: dict[str, Overlap] = {}
+    totals: dict[str, Confusion] = {}
     names = [c.name for c in config.classes]
     for crop in crops:
         maps = predict_roi(model, config, crop.volume, crop.roi)
@@ -114,7 +82,7 @@ def evaluate_crops(model: UNet, config: TrainConfig, crops: Sequence[EvalCrop]) 
             return np.asarray(maps[names.index(c.name)] > UINT8_THRESHOLD)
 
         pool_overlaps(totals, crop_overlaps(predicted, crop.labels, config.classes))
-    return {name: totals[name].dice for name in names}
+    return {name: totals[name].dice if name in totals else 1.0 for name in names}
 
 
 @dataclass
@@ -160,11 +128,11 @@ def segment_predictions(pred_path: Path, out: Path, version: str) -> Segmentatio
 
 def score_against_crops(
     revision: labels.Revision, raw_path: Path, container: Path, classes: Sequence[ClassSpec]
-) -> tuple[dict[str, Overlap], str]:
-    """Overlaps per class of a segmentation container with every crop of a ground-truth
+) -> tuple[dict[str, Confusion], str]:
+    """Voxel confusion per class of a segmentation container with every crop of a ground-truth
     revision (pooled over crops; unannotated voxels not scored), and a markdown table per
     crop."""
-    overlaps: dict[str, Overlap] = {}
+    overlaps: dict[str, Confusion] = {}
     rows = ["| crop | annotation split | " + " | ".join(f"Dice {c.name}" for c in classes) + " |"]
     rows.append("|---|---|" + "---|" * len(classes))
     raw = open_volume(raw_path)

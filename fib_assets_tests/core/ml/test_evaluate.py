@@ -12,8 +12,9 @@ from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score
 
 from fib_assets.core.labels import COSEM_CLASS_MAP
+from fib_assets.core.metrics.semantic import Confusion
 from fib_assets.core.ml.classes import COMBINED_CLASSES, ClassSpec, resolve_class
-from fib_assets.core.ml.evaluate import Overlap, crop_overlaps, pool_overlaps
+from fib_assets.core.ml.evaluate import crop_overlaps, pool_overlaps
 from fib_assets.core.ml.previews import preview_png
 
 
@@ -22,7 +23,7 @@ def test_dice_and_iou_match_scikit_learn_on_annotated_voxels() -> None:
     scored), pooled over crops as counts, not averaged per crop."""
     rng = np.random.default_rng(3)
     mito = ClassSpec("mito", (3, 4, 5))
-    totals: dict[str, Overlap] = {}
+    totals: dict[str, Confusion] = {}
     all_pred, all_truth = [], []
     for _ in range(3):
         truth = rng.choice([0, 3, 4, 35], size=(6, 7, 8), p=[0.2, 0.2, 0.1, 0.5]).astype(np.uint8)
@@ -37,7 +38,7 @@ def test_dice_and_iou_match_scikit_learn_on_annotated_voxels() -> None:
     p, t = np.concatenate(all_pred), np.concatenate(all_truth)
     assert totals["mito"].dice == pytest.approx(f1_score(t, p))
     assert totals["mito"].iou == pytest.approx(jaccard_score(t, p))
-    assert Overlap().dice == 1.0  # nothing predicted, nothing there: perfect
+    assert Confusion(0, 0, 0).dice == 1.0  # nothing predicted, nothing there: perfect
 
 
 def test_ml_classes_are_the_ground_truth_class_map() -> None:
