@@ -31,6 +31,54 @@ def test_allocator_bound_is_set_once_and_yields_to_the_environment():
     assert run.stdout.split() == ["False", "False"], run.stderr
 
 
+_ARENA_PROBE = """
+import ctypes, ctypes.util, sys, tempfile, threading
+from fib_assets.core.formats import base
+if sys.argv[1] == "bound":
+    base.bound_allocator_retention()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+barrier = threading.Barrier(8)
+def work():  # chunk-sized buffers (below the mmap threshold) from 8 threads at once
+    barrier.wait()
+    for _ in range(200):
+        p = libc.malloc(200_000)
+        ctypes.memset(p, 1, 200_000)
+        libc.free(p)
+threads = [threading.Thread(target=work) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile(suffix=".xml") as f:
+    fp = libc.fopen(f.name.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    print(open(f.name).read().count("<heap nr="))  # one <heap> per arena
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_allocator_bound_keeps_threads_in_one_arena_unless_the_environment_says():
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def arenas(mode, **extra):
+        run = subprocess.run(
+            [sys.executable, "-c", _ARENA_PROBE, mode],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert arenas("free") > 1  # glibc's default: threads spread over several arenas
+    assert arenas("bound") == base.ARENA_MAX == 1
+    assert arenas("bound", MALLOC_ARENA_MAX="3") == 3
+
+
 def test_blocks_in_flight_follow_the_budget():
     mib = 2**20
     assert base.blocks_in_flight(8 * mib, None, 1.5, 3) == 3
