@@ -1,0 +1,350 @@
+"""The ground-truth and training families on an ``s3://`` storage root, against a real
+S3-protocol server (moto on loopback), through Dagster's own materialize path: raw ->
+volume_zarr -> ground_truth_crops -> training_split -> organelle_model (a tiny experiment and a
+fine-tuning of it, initialised from the published S3 checkpoint) -> predictions ->
+segmentation. Objects are read back with independent readers (zarr-python over our own s3fs,
+tensorstore's s3 driver, pyarrow, torch.load of a downloaded checkpoint) and compared with what a
+local-root run of the same code produces. Failures: a model publish interrupted mid-upload and a
+prediction block that fails leave no completion marker, and the reruns finish the job."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import tensorstore as ts
+import torch
+import yaml
+import zarr
+from zarr.storage import FsspecStore
+
+from fib_assets.core import labels, storage
+from fib_assets.core.ml.evaluate import segment_predictions
+from fib_assets.core.ml.experiments import load_experiments
+from fib_assets.core.ml.predict import plan_prediction, predict_volume, read_array
+from fib_assets.defs.partitions import regions
+from fib_assets.defs.resources import StorageResource
+from fib_assets.defs.training import build_defs
+from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.defs.test_training import TINY, TINY_TRANSFER, _assets
+from fib_assets_tests.deploy.conftest import S3_TEST_ENV
+
+pytestmark = pytest.mark.s3
+
+REGION = "r001"
+SHAPE = (32, 48, 48)
+CLASSES = ("mito", "er")
+UPSTREAM = ["raw_acquisition", "raw_volume", "volume_zarr", "ground_truth_crops"]
+SMALL_ZARR = {"ops": {"volume_zarr": {"config": {"chunk_size": 16}}}}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """One clean tiny region with its synthetic dense ground truth."""
+    from fib_assets.core.acquisition.synthetic import write_sample
+
+    out = tmp_path_factory.mktemp("downstream-sample")
+    write_sample(out, n_regions=1, shape_zyx=SHAPE, seed=5)
+    return out
+
+
+def _family(tmp_path: Path) -> list:
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    for exp in (TINY, TINY_TRANSFER):
+        (folder / f"{exp['name']}.yaml").write_text(yaml.safe_dump(exp))
+    return _assets(build_defs(load_experiments(folder)))
+
+
+def _resources(tmp_path: Path, sample: Path, root: str, name: str) -> dict:
+    """The code location's resources with their own landing copy and annotations inbox (a
+    filesystem path even for an s3:// root) holding the same synthetic deliveries."""
+    base = tmp_path / name
+    landing = base / "landing"
+    shutil.copytree(sample / "landing", landing)
+    res = code_location_resources(base, landing)
+    res["storage"] = StorageResource(root=root, landing_zone=str(landing))
+    labels.deliver_synthetic_annotations(
+        sample / "groundtruth" / f"{REGION}.zarr",
+        res["annotations"].inbox,
+        REGION,
+        raw_voxel_size_nm=8.0,
+        n_crops=3,
+        crop_shape=(16, 16, 16),
+        seed=0,
+    )
+    return res
+
+
+def _run(assets, instance, resources, selection, partition=None, run_config=None):
+    return dg.materialize(
+        assets,
+        selection=selection,
+        partition_key=partition,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config=run_config,
+    )
+
+
+def _mat(result, key: str) -> dg.AssetMaterialization:
+    (mat,) = [
+        m.materialization
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.to_user_string() == key
+    ]
+    return mat
+
+
+def _meta(result, key: str) -> dict:
+    return {k: v.value for k, v in _mat(result, key).metadata.items()}
+
+
+def _failure(result) -> str:
+    return " ".join(
+        e.step_failure_data.error.to_string() for e in result.all_events if e.is_step_failure
+    )
+
+
+def _fs(endpoint: str, *, asynchronous: bool = False) -> s3fs.S3FileSystem:
+    """An s3fs client of our own (not fib_assets.core.storage's), for independent reads."""
+    return s3fs.S3FileSystem(
+        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
+        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        asynchronous=asynchronous,
+    )
+
+
+def _key(url: str) -> str:
+    return url.removeprefix("s3://")
+
+
+def _zarr_array(endpoint: str, url: str) -> np.ndarray:
+    store = FsspecStore(fs=_fs(endpoint, asynchronous=True), path=_key(url), read_only=True)
+    return np.asarray(zarr.open_array(store, mode="r")[...])
+
+
+def _ts_array(s3_server, url: str) -> np.ndarray:
+    key = _key(url).split("/", 1)[1]
+    spec = {
+        "driver": "zarr3",
+        "kvstore": {
+            "driver": "s3",
+            "bucket": s3_server.bucket,
+            "endpoint": s3_server.endpoint_url,
+            "path": key.rstrip("/") + "/",
+        },
+    }
+    return np.asarray(ts.open(spec, read=True).result().read().result())
+
+
+def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
+    s3_server, tmp_path, sample, scratch, monkeypatch
+):
+    assets = _family(tmp_path)
+    root = s3_server.url("downstream")
+    fs = _fs(s3_server.endpoint_url)
+    remote = _resources(tmp_path, sample, root, "s3run")
+    local = _resources(tmp_path, sample, str(tmp_path / "local" / "storage"), "localrun")
+    ops = ("predictions", "segmentation")
+    infer = {"ops": {op: {"config": {"experiment": "tiny_mito"}} for op in ops}}
+    infer["ops"]["predictions"]["config"]["block_edge"] = 24  # 2 x 2 x 2 blocks
+    with (
+        warnings.catch_warnings(),
+        dg.instance_for_test() as instance,
+        dg.instance_for_test() as li,
+    ):
+        warnings.simplefilter("ignore")
+        for inst in (instance, li):
+            inst.add_dynamic_partitions(regions.name, [REGION])
+
+        # --- ground truth: the same revision (same data version) as on a local root ----------
+        up = _run(assets, instance, remote, UPSTREAM, REGION, SMALL_ZARR)
+        assert up.success, _failure(up)
+        local_up = _run(assets, li, local, UPSTREAM, REGION, SMALL_ZARR)
+        assert local_up.success, _failure(local_up)
+        gt = _meta(up, "ground_truth_crops")
+        rev_url = gt["dagster/uri"]
+        assert rev_url == f"{root}/ground_truth_crops/{REGION}/rev-0001"
+        assert (
+            _mat(up, "ground_truth_crops").tags["dagster/data_version"]
+            == _mat(local_up, "ground_truth_crops").tags["dagster/data_version"]
+        )
+        assert all(e.passed for e in up.get_asset_check_evaluations())
+        assert not (tmp_path / "s3run" / "storage").exists()  # nothing went to a local root
+        # published with its marker (manifest of sizes and sha256), current.json beside it
+        marker = json.loads(fs.cat_file(_key(rev_url + storage.COMPLETE_SUFFIX)))
+        assert "revision.json" in marker["files"] and "label_stats.parquet" in marker["files"]
+        current = json.loads(fs.cat_file(_key(f"{root}/ground_truth_crops/{REGION}/current.json")))
+        assert current["revision"] == 1
+        # every crop, read with zarr-python over our own s3fs, is the synthetic truth at its ROI
+        truth = zarr.open_array(str(sample / "groundtruth" / f"{REGION}.zarr"), mode="r")
+        revision = json.loads(fs.cat_file(_key(f"{rev_url}/revision.json")))
+        assert len(revision["crops"]) == gt["n_crops"] == 3
+        for crop in revision["crops"]:
+            roi = crop["roi_raw_voxels"]
+            sl = tuple(slice(o, o + s) for o, s in zip(roi["offset"], roi["shape"], strict=True))
+            got = _zarr_array(s3_server.endpoint_url, f"{rev_url}/crops.zarr/{crop['name']}")
+            np.testing.assert_array_equal(got, np.asarray(truth[sl]))
+        stats = pq.read_table(io.BytesIO(fs.cat_file(_key(f"{rev_url}/label_stats.parquet"))))
+        assert int(stats.to_pandas().query("class_id != 0")["voxels"].sum()) == int(
+            gt["annotated_voxels"]
+        )
+
+        # --- a tiny model, and a fine-tuning initialised from its S3 checkpoint ---------------
+        split = _run(assets, instance, remote, ["training_split"])
+        assert split.success, _failure(split)
+        trained = _run(assets, instance, remote, ["organelle_model"], "tiny_mito")
+        assert trained.success, _failure(trained)
+        model = _meta(trained, "organelle_model")
+        ckpt = model["checkpoint"]
+        sha = model["checkpoint_sha256"]
+        assert ckpt == f"{root}/organelle_model/tiny_mito/{sha[:16]}/model.pt"
+        assert _mat(trained, "organelle_model").tags["dagster/data_version"] == sha
+        assert {e.check_name: e.passed for e in trained.get_asset_check_evaluations()} == {
+            "checkpoint_loads_and_predicts_finite": True
+        }
+        downloaded = tmp_path / "model.pt"
+        fs.get_file(_key(ckpt), str(downloaded))
+        assert hashlib.sha256(downloaded.read_bytes()).hexdigest() == sha
+        state = torch.load(downloaded, map_location="cpu", weights_only=True)
+        assert state["step"] == model["selected_step"] and state["model"]  # the selected one
+        folder = ckpt.rsplit("/", 1)[0]
+        folder_marker = json.loads(fs.cat_file(_key(folder + storage.COMPLETE_SUFFIX)))
+        assert folder_marker["files"]["model.pt"]["sha256"] == sha
+        card = json.loads(fs.cat_file(_key(f"{folder}/model_card.json")))
+        assert card["checkpoint"] == ckpt and card["checkpoint_sha256"] == sha
+        assert json.loads(fs.cat_file(_key(f"{root}/organelle_model/tiny_mito/current.json"))) == {
+            "checkpoint": ckpt,
+            "sha256": sha,
+        }
+        # the training state mirror is gone once the model is published
+        assert not [k for k in fs.ls(_key(f"{root}/organelle_model/tiny_mito")) if ".train-" in k]
+
+        tuned = _run(assets, instance, remote, ["organelle_model"], "tiny_transfer")
+        assert tuned.success, _failure(tuned)
+        tuned_card = json.loads(
+            fs.cat_file(_key(f"{_meta(tuned, 'organelle_model')['dagster/uri']}/model_card.json"))
+        )
+        assert tuned_card["initialization"]["checkpoint"] == ckpt
+        assert tuned_card["initialization"]["checkpoint_sha256"] == sha
+
+        # --- predictions and segmentation, equal to a local run with the same checkpoint ------
+        inferred = _run(assets, instance, remote, ["predictions", "segmentation"], REGION, infer)
+        assert inferred.success, _failure(inferred)
+        pred = _meta(inferred, "predictions")
+        pred_url = pred["dagster/uri"]
+        assert pred_url.startswith(f"{root}/predictions/{REGION}/") and pred["checkpoint"] == ckpt
+        assert fs.exists(_key(pred_url + storage.COMPLETE_SUFFIX))
+        assert all(e.passed for e in inferred.get_asset_check_evaluations())
+        local_raw = _meta(local_up, "volume_zarr")["dagster/uri"]
+        plan = plan_prediction(
+            downloaded, local_raw, tmp_path / "local-pred.zarr", block_shape=pred["block_shape"]
+        )
+        predict_volume(plan)
+        for cls in CLASSES:
+            on_s3 = _ts_array(s3_server, f"{pred_url}/predictions/{cls}/s0")
+            assert on_s3.shape == SHAPE and on_s3.dtype == np.uint8
+            np.testing.assert_array_equal(on_s3, read_array(plan.out_path, f"predictions/{cls}"))
+        seg = _meta(inferred, "segmentation")
+        seg_url = seg["dagster/uri"]
+        assert fs.exists(_key(seg_url + storage.COMPLETE_SUFFIX))
+        assert "uploaded, read back" in seg["storage_mode"]
+        local_seg = segment_predictions(
+            Path(plan.out_path), tmp_path / "local-seg.zarr", "same-predictions"
+        )
+        for cls in CLASSES:
+            on_s3 = _zarr_array(s3_server.endpoint_url, f"{seg_url}/instances/{cls}/s0")
+            np.testing.assert_array_equal(
+                on_s3, read_array(tmp_path / "local-seg.zarr", f"instances/{cls}")
+            )
+            assert int(on_s3.max()) == seg[f"instances_{cls}"] == local_seg.counts[cls]
+            assert 0.0 <= seg[f"dice_{cls}"] <= 1.0
+
+        # --- block markers are objects: a new pod (empty scratch) redoes only missing blocks --
+        ledger = f"{root}/predictions/{REGION}/.{pred_url.rsplit('/', 1)[1]}.blocks"
+        markers = sorted(k for k in fs.find(_key(ledger)) if "/predict-" in k)
+        assert len(markers) == pred["blocks_total"] > 1
+        fs.rm(markers[:2])
+        shutil.rmtree(scratch, ignore_errors=True)
+        again = _run(assets, instance, remote, ["predictions"], REGION,
+                     {"ops": {"predictions": infer["ops"]["predictions"]}})  # fmt: skip
+        assert again.success, _failure(again)
+        assert _meta(again, "predictions")["blocks_computed"] == 2
+        np.testing.assert_array_equal(
+            _ts_array(s3_server, f"{pred_url}/predictions/mito/s0"),
+            read_array(plan.out_path, "predictions/mito"),
+        )
+
+        # --- a model publish interrupted mid-upload leaves no marker; the old model stays ----
+        real_put = storage._put_file
+
+        def die_at_the_card(fs_, local_file, remote_key):
+            if remote_key.endswith("model_card.json"):
+                raise OSError("connection reset (injected)")
+            real_put(fs_, local_file, remote_key)
+
+        monkeypatch.setattr(storage, "_put_file", die_at_the_card)
+        retrain = {"ops": {"organelle_model": {"config": {"iterations": 2}}}}
+        failed = _run(assets, instance, remote, ["organelle_model"], "tiny_mito", retrain)
+        assert not failed.success and "connection reset" in _failure(failed)
+        exp = f"{root}/organelle_model/tiny_mito"
+        half = [n for n in storage.list_names(exp) if len(n) == 16 and n != sha[:16]]
+        assert len(half) == 1  # the new model's folder, with its checkpoint uploaded ...
+        assert storage.exists(f"{exp}/{half[0]}/model.pt")
+        assert not storage.is_complete(f"{exp}/{half[0]}")  # ... but never marked complete
+        with pytest.raises(FileNotFoundError, match="no completion marker"):
+            storage.fetch(f"{exp}/{half[0]}/model.pt")
+        assert json.loads(fs.cat_file(_key(f"{exp}/current.json")))["sha256"] == sha
+        monkeypatch.setattr(storage, "_put_file", real_put)
+        healed = _run(assets, instance, remote, ["organelle_model"], "tiny_mito", retrain)
+        assert healed.success, _failure(healed)
+        assert storage.is_complete(_meta(healed, "organelle_model")["dagster/uri"])
+
+        # --- a failing block is never marked done, and the container never complete -----------
+        out = f"{root}/predictions/{REGION}/failing.zarr"
+        raw_url = _meta(up, "volume_zarr")["dagster/uri"]
+        failing = plan_prediction(ckpt, raw_url, out, block_shape=pred["block_shape"])
+        seen: list[str] = []
+
+        def fail_second(block):
+            seen.append(block.block_id)
+            if len(seen) == 2:
+                raise RuntimeError("node lost (injected)")
+
+        with pytest.raises(RuntimeError, match="node lost"):
+            predict_volume(failing, block_hook=fail_second)
+        done = [k.rsplit("/", 1)[1] for k in fs.find(_key(f"{root}/predictions/{REGION}/"
+                                                          ".failing.zarr.blocks"))]  # fmt: skip
+        assert done == [f"predict-{seen[0]}.done.json"]
+        assert not storage.is_complete(out)
+        shutil.rmtree(scratch, ignore_errors=True)
+        rerun = predict_volume(failing)
+        assert rerun.blocks_computed == rerun.blocks_total - 1 and storage.is_complete(out)
+        np.testing.assert_array_equal(
+            _ts_array(s3_server, f"{out}/predictions/er/s0"),
+            read_array(plan.out_path, "predictions/er"),
+        )
+
+
+def test_an_object_store_annotations_inbox_is_refused_clearly(s3_server):
+    from fib_assets.defs.ground_truth.resources import AnnotationsResource
+
+    with pytest.raises(storage.StorageError, match="annotations inbox must be a filesystem"):
+        AnnotationsResource(inbox=s3_server.url("inbox")).region_inbox(REGION)
+    # a checkpoint URL without a published model folder is named
+    with pytest.raises(FileNotFoundError, match="no completion marker"):
+        storage.fetch(s3_server.url("nowhere", "0123456789abcdef", "model.pt"))
