@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fib_assets.core import storage
 from fib_assets.core.blockwise import atomic_write_bytes, atomic_write_json
 from fib_assets.core.curation.uncertainty import THRESHOLD_UINT8, BlockScore, PredictionMaps
 from fib_assets.core.formats.base import VolumeInfo, VolumeSource
@@ -163,7 +164,13 @@ class TaskList:
 
     @property
     def json_path(self) -> Path:
+        """``tasks.json`` on a local folder (see :attr:`json_location` for any location)."""
         return Path(self.directory) / "tasks.json"
+
+    @property
+    def json_location(self) -> str:
+        """``tasks.json`` of a local folder or an ``s3://`` prefix."""
+        return storage.join(self.directory, "tasks.json")
 
     @property
     def markdown_path(self) -> Path:
@@ -174,11 +181,9 @@ class TaskList:
 
     @classmethod
     def load(cls, directory: str | Path) -> TaskList:
-        import json
-
-        d = json.loads((Path(directory) / "tasks.json").read_text())
+        d = storage.read_json(storage.join(directory, "tasks.json"))
         tasks = tuple(ProofreadingTask.from_dict(t) for t in d["tasks"])
-        return cls(str(d["region"]), str(directory), tasks)
+        return cls(str(d["region"]), storage.normalize(directory), tasks)
 
     def markdown(self) -> str:
         lines = [
@@ -209,14 +214,18 @@ def export_tasks(
     k: int = 5,
     label_source: str = "labels",
     chunks: Sequence[int] = (64, 64, 64),
+    published_as: str | None = None,
 ) -> TaskList:
     """Export the ``k`` best blocks of ``ranked`` as Paintera containers (raw + ``labels``, the
     current ground-truth revision or a :class:`PredictionLabelSource`, class ids on the raw grid)
     with ``tasks.json`` and ``tasks.md`` (written last, atomically). ``label_source`` names
-    where the labels came from (shown to the curator)."""
+    where the labels came from (shown to the curator). ``published_as``: the location
+    (e.g. an ``s3://`` URL) ``out_dir`` will be published at; the task list names the
+    containers there instead of in ``out_dir``."""
     region = validate_region_key(region)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    where = storage.normalize(published_as) if published_as else str(out)
     vox = labels.info.voxel_size
     tasks = []
     for rank, block in enumerate(sorted(ranked, key=lambda s: -s.score)[:k], start=1):
@@ -233,14 +242,14 @@ def export_tasks(
                 voxel_size=vox,
                 score=block.score,
                 why=block.why,
-                container=str(container),
+                container=storage.join(where, container.name),
                 label_source=label_source,
                 rank=rank,
             )
         )
-    result = TaskList(region, str(out), tuple(tasks))
-    atomic_write_json(result.json_path, result.to_dict())
-    atomic_write_bytes(result.markdown_path, result.markdown().encode())
+    result = TaskList(region, where, tuple(tasks))
+    atomic_write_json(out / "tasks.json", result.to_dict())
+    atomic_write_bytes(out / "tasks.md", result.markdown().encode())
     return result
 
 

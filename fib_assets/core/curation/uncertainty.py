@@ -16,7 +16,6 @@ one block of one class map per experiment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fib_assets.core import storage
 from fib_assets.core.geometry import BlockPlan, Roi, VoxelSize
 
 #: the project's uint8 decision boundary (``fib_assets.core.ml.targets.UINT8_THRESHOLD``)
@@ -32,16 +32,17 @@ THRESHOLD_UINT8 = 127
 
 
 class PredictionMaps:
-    """The per-class uint8 maps of one prediction container (read lazily by ROI)."""
+    """The per-class uint8 maps of one prediction container (read lazily by ROI), at a local
+    path or an ``s3://`` URL (:mod:`fib_assets.core.storage`)."""
 
     def __init__(self, path: str | Path) -> None:
         import zarr
 
-        self.path = Path(path)
-        meta = self.path / "zarr.json"
-        if not meta.exists():
+        self.path = storage.normalize(path)
+        meta = storage.join(self.path, "zarr.json")
+        if not storage.exists(meta):
             raise FileNotFoundError(f"{self.path}: not a prediction container (no zarr.json)")
-        attrs = json.loads(meta.read_text()).get("attributes", {}).get("fib_assets", {})
+        attrs = storage.read_json(meta).get("attributes", {}).get("fib_assets", {})
         plan = attrs.get("plan") or {}
         classes = plan.get("classes")
         if not classes:
@@ -51,9 +52,10 @@ class PredictionMaps:
         self._arrays: dict[str, Any] = {}
         for c in self.classes:
             try:
-                self._arrays[c] = zarr.open_array(
-                    str(self.path / "predictions" / c / "s0"), mode="r"
+                store = storage.zarr_store(
+                    storage.join(self.path, "predictions", c, "s0"), read_only=True
                 )
+                self._arrays[c] = zarr.open_array(store, mode="r")
             except Exception as err:  # zarr raises its own not-found errors
                 raise ValueError(f"{self.path}: no array predictions/{c}/s0 ({err})") from err
         shapes = {tuple(int(s) for s in a.shape) for a in self._arrays.values()}
@@ -63,7 +65,7 @@ class PredictionMaps:
         self.shape: tuple[int, int, int] = (s[0], s[1], s[2])
         vox = plan.get("voxel_size_nm")
         self.voxel_size = VoxelSize(*(float(v) for v in vox)) if vox else None
-        self.experiment = str(attrs.get("experiment", self.path.stem))
+        self.experiment = str(attrs.get("experiment", Path(storage.name(self.path)).stem))
 
     def read(self, name: str, roi: Roi) -> npt.NDArray[np.uint8]:
         if name not in self._arrays:

@@ -2,7 +2,12 @@
 as Paintera containers with a task list) → simulated_corrections[region] (an oracle curator on
 held-out truth, with an effort model, submitting corrected containers to the annotations inbox,
 exactly where a person's corrections arrive; ground_truth_crops then makes the next revision).
-Logic lives in fib_assets/core/curation."""
+Logic lives in fib_assets/core/curation.
+
+Storage: both run on a local or an ``s3://`` storage root through fib_assets.core.storage
+(predictions are read where they are; the task folder is exported locally and published, on S3
+uploaded, read back and marked complete last). The annotations inbox the corrections go to is a
+filesystem path (a shared ReadWriteMany volume on Kubernetes)."""
 
 from pathlib import Path
 from typing import Any
@@ -11,6 +16,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from fib_assets.core import storage as object_storage
 from fib_assets.core.blockwise import fingerprint
 from fib_assets.core.curation import simulate, tasks, uncertainty
 from fib_assets.core.geometry import Roi
@@ -98,24 +104,33 @@ def proofreading_tasks(
     )
     version = fingerprint({"predictions": [available[n] for n in names], "k": config.k,
                            "block": config.block_edge})[:12]  # fmt: skip
-    out = storage.asset_dir("proofreading_tasks", region) / version
-    task_list = tasks.export_tasks(
-        region, str(raw["metadata"]["dagster/uri"]), label_source, ranked, out, k=config.k,
-        label_source=f"predictions of {names[0]}",
-    )  # fmt: skip
+    out = object_storage.join(storage.asset_url("proofreading_tasks", region), version)
+    # Paintera containers are written as local files (staged in scratch on an object store)
+    with object_storage.Staging(out, need_bytes=_tasks_bytes(config)) as stage:
+        task_list = tasks.export_tasks(
+            region, str(raw["metadata"]["dagster/uri"]), label_source, ranked, stage.path,
+            k=config.k, label_source=f"predictions of {names[0]}", published_as=out,
+        )  # fmt: skip
+        stage.publish({"n_tasks": len(task_list.tasks)})
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
-            "dagster/uri": dg.MetadataValue.path(str(out)),
+            "dagster/uri": dg.MetadataValue.path(out),
             "region_role": role,
             "experiments": dg.MetadataValue.json(names),
             "n_tasks": len(task_list.tasks),
-            "tasks_json": dg.MetadataValue.path(str(task_list.json_path)),
+            "tasks_json": dg.MetadataValue.path(task_list.json_location),
             "tasks": dg.MetadataValue.md(task_list.markdown()),
             "blocks_ranked": len(ranked),
             "blocks_excluded_test_crops": dg.MetadataValue.json([r.to_dict() for r in held_out]),
         },
     )
+
+
+def _tasks_bytes(config: ProofreadingConfig) -> int:
+    """Scratch for staged task containers: raw uint8 + uint64 labels per block, with headroom
+    for the multiscale levels."""
+    return 2 * config.k * (1 + 8) * config.block_edge**3 + 2**20
 
 
 def _voxel_size(raw: dict[str, Any]) -> Any:
@@ -191,7 +206,14 @@ def simulated_corrections(
         maps, {c: resolve_class(c).ids[0] for c in maps.classes}, task_list.tasks[0].voxel_size
     )
     sim = simulate.simulate_corrections(labels_now, truth, task_list.tasks, effort)
-    scratch = storage.asset_dir("simulated_corrections", region) / f"round{config.correction_round}"
+    # the corrected containers go to the annotations inbox (a filesystem); the curator's
+    # "saved" copies before that are local files: beside the storage root, or pod-local scratch
+    # when the root is an object store
+    if storage.is_remote:
+        folder = object_storage.scratch_root() / "simulated_corrections" / region
+    else:
+        folder = Path(storage.asset_url("simulated_corrections", region))
+    scratch = folder / f"round{config.correction_round}"
     submitted = []
     for task, corr in zip(task_list.tasks, sim.corrections, strict=True):
         saved = simulate.write_corrected_container(task, corr, scratch / f"{task.task_id}.n5")
@@ -200,7 +222,7 @@ def simulated_corrections(
                 tasks.submit_correction(
                     task,
                     saved,
-                    annotations.inbox,
+                    annotations.inbox_path(),
                     annotator=SIMULATED_CURATOR,
                     minutes_spent=corr.minutes,
                     split="train",
