@@ -274,6 +274,41 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
             assert int(on_s3.max()) == seg[f"instances_{cls}"] == local_seg.counts[cls]
             assert 0.0 <= seg[f"dice_{cls}"] <= 1.0
 
+        # --- one correction round: tasks published on S3, corrections via the (local) inbox ---
+        tasks_run = _run(
+            assets, instance, remote, ["proofreading_tasks"], REGION,
+            {"ops": {"proofreading_tasks": {"config": {"k": 1, "block_edge": 8}}}},
+        )  # fmt: skip
+        assert tasks_run.success, _failure(tasks_run)
+        task_dir = _meta(tasks_run, "proofreading_tasks")["dagster/uri"]
+        assert task_dir.startswith(f"{root}/proofreading_tasks/{REGION}/")
+        assert fs.exists(_key(task_dir + storage.COMPLETE_SUFFIX))
+        (task,) = json.loads(fs.cat_file(_key(f"{task_dir}/tasks.json")))["tasks"]
+        assert task["container"] == f"{task_dir}/{task['task_id']}.n5"
+        n5 = _key(task["container"]).split("/", 1)[1] + "/volumes/raw/s0/"
+        raw_ctx = ts.open({"driver": "n5", "kvstore": {
+            "driver": "s3", "bucket": s3_server.bucket, "endpoint": s3_server.endpoint_url,
+            "path": n5}}).result()  # fmt: skip
+        assert tuple(raw_ctx.shape) == tuple(reversed(task["roi_voxels"]["shape"]))
+        sim = _run(
+            assets, instance, remote, ["simulated_corrections"], REGION,
+            {"ops": {"simulated_corrections": {"config": {
+                "truth_dir": str(sample / "groundtruth")}}}},
+        )  # fmt: skip
+        assert sim.success, _failure(sim)
+        second = _run(assets, instance, remote, ["ground_truth_crops"], REGION)
+        assert second.success, _failure(second)
+        assert _meta(second, "ground_truth_crops")["dagster/uri"].endswith("/rev-0002")
+        roi = task["roi_voxels"]
+        sl = tuple(slice(o, o + n) for o, n in zip(roi["offset"], roi["shape"], strict=True))
+        np.testing.assert_array_equal(
+            _zarr_array(
+                s3_server.endpoint_url,
+                f"{root}/ground_truth_crops/{REGION}/rev-0002/crops.zarr/{task['task_id']}",
+            ),
+            np.asarray(truth[sl]),
+        )
+
         # --- block markers are objects: a new pod (empty scratch) redoes only missing blocks --
         ledger = f"{root}/predictions/{REGION}/.{pred_url.rsplit('/', 1)[1]}.blocks"
         markers = sorted(k for k in fs.find(_key(ledger)) if "/predict-" in k)
