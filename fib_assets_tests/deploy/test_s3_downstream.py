@@ -344,10 +344,22 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
         with pytest.raises(FileNotFoundError, match="no completion marker"):
             storage.fetch(f"{exp}/{half[0]}/model.pt")
         assert json.loads(fs.cat_file(_key(f"{exp}/current.json")))["sha256"] == sha
+        # the training state was mirrored (marker last) after each selection point
+        (mirror,) = [
+            n
+            for n in storage.list_names(exp)
+            if n.startswith(".train-") and not n.endswith(storage.COMPLETE_SUFFIX)
+        ]
+        assert storage.is_complete(f"{exp}/{mirror}")
         monkeypatch.setattr(storage, "_put_file", real_put)
+        shutil.rmtree(scratch, ignore_errors=True)  # a new pod: the local training folder is gone
         healed = _run(assets, instance, remote, ["organelle_model"], "tiny_mito", retrain)
         assert healed.success, _failure(healed)
-        assert storage.is_complete(_meta(healed, "organelle_model")["dagster/uri"])
+        healed_dir = _meta(healed, "organelle_model")["dagster/uri"]
+        assert storage.is_complete(healed_dir) and healed_dir.endswith(half[0])
+        healed_card = json.loads(fs.cat_file(_key(f"{healed_dir}/model_card.json")))
+        assert healed_card["resumed_from_step"] == 2  # resumed from the mirror, not retrained
+        assert not [n for n in storage.list_names(exp) if n.startswith(".train-")]
 
         # --- a failing block is never marked done, and the container never complete -----------
         out = f"{root}/predictions/{REGION}/failing.zarr"
