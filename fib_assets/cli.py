@@ -310,6 +310,7 @@ def paintera_export(
     """Export a region's raw volume (+ current ground truth) as a Paintera-ready container."""
     import dagster as dg
 
+    from fib_assets.core import storage as object_storage
     from fib_assets.core.formats.paintera import export_paintera
     from fib_assets.core.geometry import validate_region_key
     from fib_assets.core.labels import RevisionLabelSource, RevisionStore, raw_grid
@@ -328,7 +329,9 @@ def paintera_export(
     raw = str(latest["metadata"]["dagster/uri"])  # type: ignore[index]
     source = None
     if labels == "ground-truth":
-        store = RevisionStore(Path(StorageResource().root) / "ground_truth_crops" / region)
+        store = RevisionStore(
+            object_storage.join(StorageResource().root, "ground_truth_crops", region)
+        )
         rev = store.current()
         if rev is None:
             _fail(f"{region} has no accepted ground-truth revision")
