@@ -15,8 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import s3fs
 
 
 def _pg_bin() -> Path:
@@ -136,6 +140,22 @@ S3_TEST_ENV = {
     # never ask an instance-metadata address for credentials
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+
+
+def s3_client(endpoint: str, *, asynchronous: bool = False) -> s3fs.S3FileSystem:
+    """An s3fs client of the tests' own (not fib_assets.core.storage's), for independent reads
+    of what the code wrote; never cached, so every call sees the bucket as it is now.
+    ``asynchronous=True`` gives the kind zarr's ``FsspecStore`` requires."""
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
+        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        asynchronous=asynchronous,
+    )
 
 
 @pytest.fixture(scope="module")
