@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import zarr
 
-from fib_assets.definitions import defs
 from fib_assets.defs.partitions import regions
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import materialize
 
 FORMATS = ["tiff", "hdf5", "zarr", "parquet", "n5"]
 
@@ -27,29 +27,13 @@ def resources(tmp_path, tiny_sample):
     return code_location_resources(tmp_path, landing)
 
 
-def _assets():
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-
-
-def _run(instance, resources, selection, partition=None, run_config=None):
-    return dg.materialize(
-        _assets(),
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=run_config,
-    )
-
-
 SMALL = {"ops": {fmt: {"config": {"chunk_size": 16}} for fmt in [f"volume_{f}" for f in FORMATS]}}
 
 
 def test_variants_decode_to_canonical_and_corruption_fails_the_blocking_check(resources):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(regions.name, ["r001"])
-        res = _run(
+        res = materialize(
             instance,
             resources,
             dg.AssetSelection.groups("acquisitions", "formats"),
@@ -78,7 +62,9 @@ def test_variants_decode_to_canonical_and_corruption_fails_the_blocking_check(re
             fh.seek(info.byte_offset)
             fh.write(b"\xde\xad\xbe\xef" * 8)
         only = {"ops": {"volume_hdf5": SMALL["ops"]["volume_hdf5"]}}
-        again = _run(instance, resources, dg.AssetSelection.assets("volume_hdf5"), "r001", only)
+        again = materialize(
+            instance, resources, dg.AssetSelection.assets("volume_hdf5"), "r001", only
+        )
         assert not again.success  # blocking check failed
         (ev,) = again.get_asset_check_evaluations()
         assert not ev.passed
@@ -89,11 +75,13 @@ def test_variants_decode_to_canonical_and_corruption_fails_the_blocking_check(re
 def test_format_benchmark_table(resources, tmp_path):
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(regions.name, ["r001"])
-        assert _run(
+        assert materialize(
             instance, resources, dg.AssetSelection.groups("acquisitions", "formats"), "r001", SMALL
         ).success
         cfg = {"ops": {"format_benchmark": {"config": {"repeats": 2, "patch": 16, "n_patches": 3}}}}
-        res = _run(instance, resources, dg.AssetSelection.assets("format_benchmark"), None, cfg)
+        res = materialize(
+            instance, resources, dg.AssetSelection.assets("format_benchmark"), None, cfg
+        )
         assert res.success
         (mat,) = res.get_asset_materialization_events()
         md = mat.materialization.metadata
