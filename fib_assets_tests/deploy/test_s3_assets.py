@@ -27,11 +27,11 @@ from moto.server import ThreadedMotoServer
 from zarr.storage import FsspecStore
 
 from fib_assets.core import storage
-from fib_assets.definitions import defs
 from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
 from fib_assets_tests.conftest import code_location_resources
-from fib_assets_tests.deploy.conftest import LOOPBACK, S3_TEST_ENV, free_port
+from fib_assets_tests.dagster_helpers import materialize
+from fib_assets_tests.deploy.conftest import LOOPBACK, S3_TEST_ENV, free_port, s3_client
 
 pytestmark = pytest.mark.s3
 
@@ -40,20 +40,9 @@ SMALL = {"ops": {f"volume_{f}": {"config": {"chunk_size": 16}} for f in FORMATS}
 STAGED = ["tiff", "hdf5", "parquet", "n5"]  # local-file writers: staged, uploaded, marked
 
 
-def _assets():
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-
-
 def _run(instance, resources, selection, run_config=SMALL):
-    return dg.materialize(
-        _assets(),
-        selection=selection,
-        partition_key="r001",
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=run_config,
-    )
+    """r001 through the project's assets, every variant in small chunks unless told."""
+    return materialize(instance, resources, selection, "r001", run_config)
 
 
 def _mats(res) -> dict:
@@ -74,17 +63,6 @@ def _resources(tmp_path, landing, root: str) -> dict:
     res = code_location_resources(tmp_path, landing)
     res["storage"] = StorageResource(root=root, landing_zone=str(landing))
     return res
-
-
-def _s3(endpoint: str) -> s3fs.S3FileSystem:
-    """An s3fs client of our own (not fib_assets.core.storage's), for independent reads."""
-    return s3fs.S3FileSystem(
-        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
-        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=endpoint,
-        use_listings_cache=False,
-        skip_instance_cache=True,
-    )
 
 
 def _key(url: str) -> str:
@@ -109,7 +87,7 @@ def test_region_materializes_on_s3_and_independent_libraries_read_it_back(
 ):
     root = s3_server.url("assets")
     resources = _resources(tmp_path, landing, root)
-    fs = _s3(s3_server.endpoint_url)
+    fs = s3_client(s3_server.endpoint_url)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(regions.name, ["r001"])
         res = _run(instance, resources, dg.AssetSelection.groups("acquisitions", "formats"))
@@ -140,7 +118,11 @@ def test_region_materializes_on_s3_and_independent_libraries_read_it_back(
         raw = uris["raw_volume"]
         assert fs.exists(_key(raw + storage.COMPLETE_SUFFIX))
         group = zarr.open_group(
-            FsspecStore(fs=fs_async(s3_server.endpoint_url), path=_key(raw), read_only=True),
+            FsspecStore(
+                fs=s3_client(s3_server.endpoint_url, asynchronous=True),
+                path=_key(raw),
+                read_only=True,
+            ),
             mode="r",
         )
         canonical = np.asarray(group["uint8/s0"])
@@ -190,17 +172,6 @@ def test_region_materializes_on_s3_and_independent_libraries_read_it_back(
             # the write record is reused, not rewritten
             assert second.metadata["write_seconds"].value == first.metadata["write_seconds"].value
         assert not any((scratch / "stage").iterdir())
-
-
-def fs_async(endpoint: str) -> s3fs.S3FileSystem:
-    """An asynchronous s3fs client of our own, as zarr's FsspecStore requires."""
-    return s3fs.S3FileSystem(
-        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
-        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=endpoint,
-        asynchronous=True,
-        skip_instance_cache=True,
-    )
 
 
 class KillableS3:
