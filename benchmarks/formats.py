@@ -1225,7 +1225,10 @@ def run_memory(
         gib = nbytes(shape) / GIB
         unbounded_text = "-"
         if diagnose:
-            u = run_child({**spec, "unbounded_malloc": True})
+            # glibc's defaults: dynamic threshold (see child_main) and 8 x cores arenas
+            u = run_child(
+                {**spec, "unbounded_malloc": True}, {"MALLOC_ARENA_MAX": str(8 * cores())}
+            )
             remove(path)
             unbounded_text = (
                 f"{(u['hwm_kib'] - u['rss_before_kib']) / 1024:.1f} "

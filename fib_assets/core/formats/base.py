@@ -452,11 +452,47 @@ def write_result(
 #: freed block-sized buffer goes back to the OS at once, while chunk-sized ones (64³ uint16
 #: is 512 KiB) are recycled inside the heap (see :func:`bound_allocator_retention`)
 MMAP_THRESHOLD_BYTES = 2**20
-#: glibc malloc arenas (heaps) threads may spread over (see :func:`bound_allocator_retention`)
+#: glibc malloc arenas (heaps) threads may spread over (see :func:`limit_malloc_arenas`)
 ARENA_MAX = 1
 _M_MMAP_THRESHOLD = -3  # mallopt parameter numbers, glibc malloc.h
 _M_ARENA_MAX = -8
 _allocator_bounded: bool | None = None
+_arenas_limited: bool | None = None
+
+
+def _mallopt(param: int, value: int) -> bool:
+    """glibc's ``mallopt`` through ctypes; False where there is none (musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt  # glibc only (musl has none)
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        mallopt.restype = ctypes.c_int
+        return bool(mallopt(param, value))
+    return False
+
+
+def limit_malloc_arenas() -> bool:
+    """Let every thread of this process share :data:`ARENA_MAX` glibc malloc arena(s)
+    (Linux/glibc only; idempotent; True if set). Called when this module is imported.
+
+    Chunk-sized buffers (below the mmap threshold) are recycled inside malloc's heaps, and
+    glibc gives threads up to 8 x cores arenas, each keeping its own freed chunks: with
+    tensorstore's and the codecs' thread pools the Zarr conversion's peak RSS grew with the
+    volume (148 -> 219 MiB from 1 to 4 GiB). One arena keeps it about flat at the same
+    CPU-s/GiB (81-100 -> 99-103 MiB over repeated runs): chunk-sized allocations are few
+    (about one per 64³ chunk) and small ones come from glibc's lock-free per-thread cache.
+    An arena a thread made before the limit stays (limited from ``write_volume`` only, one
+    such arena gave 106 -> 153 -> 160 MiB for 1 / 4 / 16 GiB), hence the call at import: the
+    format layer is imported before the writers' thread pools start. ``malloc_trim`` after
+    every block flattened it further (86 -> 87 MiB) but cost ~0.7 CPU-s/GiB (page faults
+    again on reuse), so it is not done. ``MALLOC_ARENA_MAX`` (if set) wins.
+    """
+    global _arenas_limited
+    if _arenas_limited is None:
+        _arenas_limited = "MALLOC_ARENA_MAX" not in os.environ and _mallopt(_M_ARENA_MAX, ARENA_MAX)
+    return _arenas_limited
 
 
 def bound_allocator_retention() -> bool:
@@ -470,36 +506,18 @@ def bound_allocator_retention() -> bool:
     :data:`MMAP_THRESHOLD_BYTES` (which also turns the dynamic adjustment off) returns every
     block at once. 1 MiB rather than glibc's initial 128 KiB: at 128 KiB every chunk buffer
     is a fresh mmap whose page faults cost ~35 % more CPU for Parquet and ~15 % for Zarr
-    (measured), for no lower peak.
-
-    Chunk-sized buffers are still recycled inside the heaps, and glibc gives threads up to
-    8 x cores arenas, each keeping its own freed chunks: with tensorstore's and the codecs'
-    thread pools the Zarr conversion's peak RSS grew with the volume (148 -> 219 MiB from 1
-    to 4 GiB). ``M_ARENA_MAX`` = :data:`ARENA_MAX` (1) keeps it flat at the same CPU-s/GiB:
-    110 -> 130 MiB set here (an arena an earlier thread made stays), 99 -> 104 MiB when set
-    before any thread allocates (``MALLOC_ARENA_MAX=1``). Chunk-sized allocations are few
-    (one lock per 64³ chunk) and small ones are served by glibc's lock-free per-thread cache.
+    (measured), for no lower peak. Also makes sure of :func:`limit_malloc_arenas`.
 
     Process-wide: called by every ``write_volume`` so a process that converts volumes keeps
-    its peak memory near its block budget (arenas already made by earlier threads stay). The
-    environment variables ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_ARENA_MAX`` (if set) win: the
-    corresponding setting is left alone. Returns whether the mmap threshold was fixed.
+    its peak memory near its block budget. The environment variable
+    ``MALLOC_MMAP_THRESHOLD_`` (if set) wins: then the threshold is left alone.
     """
     global _allocator_bounded
-    if _allocator_bounded is not None:
-        return _allocator_bounded
-    _allocator_bounded = False
-    if not sys.platform.startswith("linux"):
-        return False
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt  # glibc only (musl has none)
-        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        mallopt.restype = ctypes.c_int
-        if "MALLOC_ARENA_MAX" not in os.environ:
-            mallopt(_M_ARENA_MAX, ARENA_MAX)
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            _allocator_bounded = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    limit_malloc_arenas()
+    if _allocator_bounded is None:
+        _allocator_bounded = "MALLOC_MMAP_THRESHOLD_" not in os.environ and _mallopt(
+            _M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES
+        )
     return _allocator_bounded
 
 
@@ -574,3 +592,7 @@ def storage_dtype(dtype: str, path: str | Path) -> np.dtype[Any]:
     if dt.kind not in "uif":
         raise ValueError(f"{path}: dtype must be an integer or float type, got {dtype!r}")
     return dt.newbyteorder("=")
+
+
+# before any writer's thread pool exists (see limit_malloc_arenas)
+limit_malloc_arenas()
