@@ -18,6 +18,7 @@ from fib_assets.defs.acquisitions.sensors import landing_zone_sensor
 from fib_assets.defs.partitions import regions
 from fib_assets.status import collect_status
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import materialize
 
 
 @pytest.fixture()
@@ -31,10 +32,6 @@ def landing(tmp_path, tiny_sample) -> Path:
 @pytest.fixture()
 def resources(tmp_path, landing):
     return code_location_resources(tmp_path, landing)
-
-
-def _assets():
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
 
 
 def test_sensor_adds_complete_valid_regions_and_reports_the_rest(landing, resources):
@@ -62,14 +59,7 @@ def test_sensor_adds_complete_valid_regions_and_reports_the_rest(landing, resour
 
 def _materialize(instance, region, resources):
     instance.add_dynamic_partitions(regions.name, [region])
-    return dg.materialize(
-        _assets(),
-        selection=dg.AssetSelection.groups("acquisitions"),
-        partition_key=region,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-    )
+    return materialize(instance, resources, dg.AssetSelection.groups("acquisitions"), region)
 
 
 def test_clean_region_end_to_end(landing, resources, tmp_path):
@@ -142,14 +132,7 @@ def test_changed_sources_are_refused_until_reinventoried(landing, resources):
         data = bytearray(f.read_bytes())
         data[-1] ^= 0xFF
         f.write_bytes(bytes(data))
-        only_volume = dg.materialize(
-            _assets(),
-            selection=["raw_volume"],
-            partition_key="r001",
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
+        only_volume = materialize(instance, resources, ["raw_volume"], "r001")
         assert not only_volume.success
         failure = [e for e in only_volume.all_events if e.event_type_value == "STEP_FAILURE"]
         assert "source files changed" in str(failure[0].event_specific_data.error.message)
