@@ -11,6 +11,7 @@ from fib_assets.definitions import defs
 from fib_assets.defs.jobs import nightly_region_backfill
 from fib_assets.defs.partitions import regions
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import materialize
 
 
 def test_each_family_has_a_job():
@@ -38,14 +39,7 @@ def test_nightly_schedule_requests_new_regions_and_leaves_failed_ones(tmp_path, 
         assert reqs[0].run_key == "nightly-20261124-r001"
 
         # r002's blocking checks fail: the next night leaves it for a curator
-        dg.materialize(
-            [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
-            selection=dg.AssetSelection.groups("acquisitions"),
-            partition_key="r002",
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
+        materialize(instance, resources, dg.AssetSelection.groups("acquisitions"), "r002")
         ctx = dg.build_schedule_context(
             instance=instance, repository_def=repo, scheduled_execution_time=night
         )
