@@ -23,6 +23,7 @@ from fib_assets.defs.ground_truth.assets import ground_truth_crops
 from fib_assets.defs.ground_truth.sensors import annotations_inbox_sensor
 from fib_assets.defs.partitions import regions
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import materialization, materialize
 
 REGION = "r001"
 ALL_CHECKS = {
@@ -69,23 +70,7 @@ def _assets():
 
 
 def _materialize(instance, resources, selection):
-    return dg.materialize(
-        _assets(),
-        selection=selection,
-        partition_key=REGION,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-    )
-
-
-def _gt_event(result) -> dg.AssetMaterialization:
-    (mat,) = [
-        m.materialization
-        for m in result.get_asset_materialization_events()
-        if m.asset_key == ground_truth_crops.key
-    ]
-    return mat
+    return materialize(instance, resources, selection, REGION, assets=_assets())
 
 
 def _staleness(instance) -> StaleStatus:
@@ -158,7 +143,7 @@ def test_inbox_to_revisions_corrections_bad_input_and_leak(env):
         assert first.success
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks == dict.fromkeys(ALL_CHECKS, True)
-        mat1 = _gt_event(first)
+        mat1 = materialization(first, "ground_truth_crops")
         assert mat1.metadata["revision"].value == 1 and mat1.metadata["accepted"].value is True
         assert mat1.metadata["n_crops"].value == 3 and mat1.metadata["n_test"].value == 1
         assert "data:image/png;base64" in mat1.metadata["overlay"].value
@@ -176,7 +161,7 @@ def test_inbox_to_revisions_corrections_bad_input_and_leak(env):
         assert res2.run_requests[0].run_key != req.run_key
         second = _materialize(instance, resources, [ground_truth_crops.key])
         assert second.success
-        mat2 = _gt_event(second)
+        mat2 = materialization(second, "ground_truth_crops")
         assert mat2.metadata["revision"].value == 2
         assert mat2.metadata["imported"].value == ["crop01"]
         assert mat2.tags["dagster/data_version"] != dv1
@@ -211,7 +196,7 @@ def test_inbox_to_revisions_corrections_bad_input_and_leak(env):
         assert not evals[labels.SPLIT_DISJOINT].passed
         assert evals[labels.SPLIT_DISJOINT].severity == dg.AssetCheckSeverity.ERROR
         assert "leak" in evals[labels.SPLIT_DISJOINT].description
-        mat3 = _gt_event(leaked)
+        mat3 = materialization(leaked, "ground_truth_crops")
         assert mat3.metadata["revision"].value == 3 and mat3.metadata["accepted"].value is False
         assert store.current().number == 2 and roi is not None
 
