@@ -27,10 +27,10 @@ from fib_assets.defs.provenance.resources import FigshareResource
 from fib_assets.defs.provenance.schedules import fixity_schedules
 from fib_assets.defs.resources import QCThresholdsResource, StorageResource
 from fib_assets_tests.core.provenance.fake_figshare import FakeFigshare
+from fib_assets_tests.dagster_helpers import failure_text, materialize
 
 TOKEN = "figshare-test-token-7c1e0d5a"
 DEFS = base_defs  # the code location, provenance family wired
-ASSETS = [a for a in DEFS.assets or [] if isinstance(a, dg.AssetsDefinition)]
 
 
 def _resources(root: Path, landing: Path, api_url: str = "http://127.0.0.1:9/v2") -> dict:
@@ -46,31 +46,13 @@ def _resources(root: Path, landing: Path, api_url: str = "http://127.0.0.1:9/v2"
 
 def _acquire(instance, region, resources, selection=None):
     instance.add_dynamic_partitions(regions.name, [region])
-    return dg.materialize(
-        ASSETS,
-        selection=selection or dg.AssetSelection.groups("acquisitions"),
-        partition_key=region,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
+    return materialize(
+        instance, resources, selection or dg.AssetSelection.groups("acquisitions"), region
     )
 
 
 def _run(instance, resources, selection, config=None, partition=None):
-    return dg.materialize(
-        ASSETS,
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources=resources,
-        run_config=dg.RunConfig(ops=config or {}),
-        raise_on_error=False,
-    )
-
-
-def _failure(result) -> str:
-    fails = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    return "\n".join(str(e.event_specific_data.error.message) for e in fails)
+    return materialize(instance, resources, selection, partition, dg.RunConfig(ops=config or {}))
 
 
 @pytest.fixture()
@@ -142,7 +124,7 @@ def test_failed_checks_and_missing_links_are_flagged(shared, capsys):
 def test_provenance_audit_asset_writes_json_and_html(shared):
     inst, res, _ = shared
     result = _run(inst, res, ["provenance_audit"], partition="r001")
-    assert result.success, _failure(result)
+    assert result.success, failure_text(result)
     (mat,) = [m.materialization for m in result.get_asset_materialization_events()]
     assert mat.metadata["n_flags"].value == 0
     assert mat.metadata["targets"].value == ["raw_volume[r001]"]
@@ -159,7 +141,7 @@ def test_deposit_package_bag_crate_datacite(shared):
     inst, res, _ = shared
     cfg = {"regions": ["r001"], "max_payload_mib": 0.4, "creators": ["Doe, Jane"]}
     result = _run(inst, res, ["deposit_package"], {"deposit_package": {"config": cfg}})
-    assert result.success, _failure(result)
+    assert result.success, failure_text(result)
     (mat,) = [m.materialization for m in result.get_asset_materialization_events()]
     bag_dir = Path(mat.metadata["dagster/uri"].value)
     bag = bagit.Bag(str(bag_dir))
@@ -201,14 +183,14 @@ def test_flagged_selection_is_refused_unless_overridden(shared):
     cfg = {"assets": ["raw_acquisition"], "regions": ["r002"]}
     refused = _run(inst, res, ["deposit_package"], {"deposit_package": {"config": cfg}})
     assert not refused.success
-    msg = _failure(refused)
+    msg = failure_text(refused)
     assert "check_failed" in msg and "slice_continuity" in msg and "nothing was packaged" in msg
     no_reason = {**cfg, "allow_flagged": True}
     result = _run(inst, res, ["deposit_package"], {"deposit_package": {"config": no_reason}})
-    assert not result.success and "override_reason" in _failure(result)
+    assert not result.success and "override_reason" in failure_text(result)
     ok_cfg = {**no_reason, "override_reason": "deposited as an example of a broken acquisition"}
     result = _run(inst, res, ["deposit_package"], {"deposit_package": {"config": ok_cfg}})
-    assert result.success, _failure(result)
+    assert result.success, failure_text(result)
     (mat,) = [m.materialization for m in result.get_asset_materialization_events()]
     assert "broken acquisition" in mat.metadata["audit_override"].value["reason"]
     bag = bagit.Bag(str(mat.metadata["dagster/uri"].value))
@@ -325,7 +307,7 @@ def test_repository_draft_resumes_after_5xx_and_never_duplicates(packaged, caplo
         with caplog.at_level(logging.DEBUG):
             first = _draft(instance, tmp_path, landing, server)
             assert not first.success
-            msg = _failure(first)
+            msg = failure_text(first)
             assert "not done" in msg and "part 2" in msg and ".bag.zip" in msg and "500" in msg
             assert not first.get_asset_materialization_events()  # nothing reported as done
             (zip_file,) = [f for f in server.files.values() if f["name"].endswith(".bag.zip")]
@@ -333,7 +315,7 @@ def test_repository_draft_resumes_after_5xx_and_never_duplicates(packaged, caplo
 
             server.fail_parts = {}
             second = _draft(instance, tmp_path, landing, server)
-            assert second.success, _failure(second)
+            assert second.success, failure_text(second)
             (mat,) = [m.materialization for m in second.get_asset_materialization_events()]
             assert mat.metadata["resumed"].value == [zip_file["name"]]
             part1 = f"^/upload/{zip_file['token']}/1$"
@@ -365,7 +347,7 @@ def test_expired_token_and_tampered_package_are_clear_errors(packaged):
     try:
         result = _draft(instance, tmp_path, landing, server)
         assert not result.success
-        msg = _failure(result)
+        msg = failure_text(result)
         assert "401" in msg and "FIGSHARE_TOKEN" in msg and TOKEN not in msg
         assert not server.articles
 
@@ -377,7 +359,7 @@ def test_expired_token_and_tampered_package_are_clear_errors(packaged):
         n = len(server.log)
         result = _draft(instance, tmp_path, landing, server)
         assert not result.success
-        msg = _failure(result)
+        msg = failure_text(result)
         assert "nothing uploaded" in msg and victim.name in msg and str(bag_dir) in msg
         assert len(server.log) == n  # not a single request
     finally:
