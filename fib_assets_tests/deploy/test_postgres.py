@@ -15,6 +15,7 @@ import yaml
 from fib_assets.defs.deployment import K8S_INSTANCE_YAML
 from fib_assets.defs.partitions import regions
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import materialize
 
 pytestmark = pytest.mark.postgres
 
@@ -31,22 +32,9 @@ def pg_instance(postgres_server, monkeypatch):
         yield instance
 
 
-def _assets():
-    from fib_assets.definitions import defs
-
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-
-
 def _materialize(instance, region: str, resources):
     instance.add_dynamic_partitions(regions.name, [region])
-    return dg.materialize(
-        _assets(),
-        selection=dg.AssetSelection.groups("acquisitions"),
-        partition_key=region,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-    )
+    return materialize(instance, resources, dg.AssetSelection.groups("acquisitions"), region)
 
 
 def _rows(server, sql: str, *args):
