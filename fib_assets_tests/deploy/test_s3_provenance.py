@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 from PIL import Image
 from rocrate.rocrate import ROCrate
 
@@ -33,7 +32,8 @@ from fib_assets.defs.provenance.resources import FigshareResource
 from fib_assets.defs.resources import StorageResource
 from fib_assets_tests.conftest import code_location_resources
 from fib_assets_tests.core.provenance.fake_figshare import FakeFigshare
-from fib_assets_tests.deploy.conftest import S3_TEST_ENV
+from fib_assets_tests.dagster_helpers import failure_text, materialization, materialize
+from fib_assets_tests.deploy.conftest import s3_client
 
 pytestmark = pytest.mark.s3
 
@@ -44,39 +44,9 @@ DEPOSIT = {"regions": ["r001"], "max_payload_mib": 0.4}  # sources fit; raw volu
 TOKEN = "figshare-s3-test-token-5d0c"
 
 
-def _assets():
-    return [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-
-
-def _run(instance, resources, selection, run_config=None, partition=None):
-    return dg.materialize(
-        _assets(),
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=run_config,
-    )
-
-
 def _deposit(instance, resources):
-    return _run(instance, resources, ["deposit_package"], {"ops": {"deposit_package": {
-        "config": DEPOSIT}}})  # fmt: skip
-
-
-def _mat(result, asset: str):
-    (mat,) = [
-        e.materialization
-        for e in result.get_asset_materialization_events()
-        if e.asset_key.to_user_string() == asset
-    ]
-    return mat
-
-
-def _failure(result) -> str:
-    fails = [e for e in result.all_events if e.is_step_failure]
-    return "\n".join(e.step_failure_data.error.to_string() for e in fails)
+    return materialize(instance, resources, ["deposit_package"],
+                       run_config={"ops": {"deposit_package": {"config": DEPOSIT}}})  # fmt: skip
 
 
 def _resources(tmp_path: Path, landing: Path, root: str, api_url: str | None = None) -> dict:
@@ -87,17 +57,6 @@ def _resources(tmp_path: Path, landing: Path, root: str, api_url: str | None = N
             token=TOKEN, api_url=api_url, max_attempts=2, backoff_seconds=0.0, timeout_seconds=10
         )
     return res
-
-
-def _s3(endpoint: str) -> s3fs.S3FileSystem:
-    """An s3fs client of our own (not fib_assets.core.storage's), for independent reads."""
-    return s3fs.S3FileSystem(
-        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
-        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=endpoint,
-        use_listings_cache=False,
-        skip_instance_cache=True,
-    )
 
 
 def _key(url: str) -> str:
@@ -126,11 +85,11 @@ def region_on_s3(s3_server, tmp_path_factory, tiny_sample):
     try:
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(regions.name, ["r001"])
-            res = _run(
-                instance, resources, dg.AssetSelection.groups("acquisitions", "formats"), SMALL,
-                "r001",
+            res = materialize(
+                instance, resources, dg.AssetSelection.groups("acquisitions", "formats"), "r001",
+                SMALL,
             )  # fmt: skip
-            assert res.success, _failure(res)
+            assert res.success, failure_text(res, traceback=True)
             yield instance, resources, base, landing, root
     finally:
         mp.undo()
@@ -138,12 +97,12 @@ def region_on_s3(s3_server, tmp_path_factory, tiny_sample):
 
 def test_benchmark_audit_deposit_and_draft_on_s3_read_back_independently(s3_server, region_on_s3):
     instance, resources, base, landing, root = region_on_s3
-    fs = _s3(s3_server.endpoint_url)
+    fs = s3_client(s3_server.endpoint_url)
 
     # --- format_benchmark: measured where the variants live, table in the bucket -----------
-    res = _run(instance, resources, ["format_benchmark"], BENCH)
-    assert res.success, _failure(res)
-    mat = _mat(res, "format_benchmark")
+    res = materialize(instance, resources, ["format_benchmark"], run_config=BENCH)
+    assert res.success, failure_text(res, traceback=True)
+    mat = materialization(res, "format_benchmark")
     uri = mat.metadata["dagster/uri"].value
     assert uri.startswith(f"{root}/format_benchmark/") and uri.endswith(".parquet")
     table = pq.read_table(_key(uri), filesystem=fs).to_pandas()
@@ -180,9 +139,9 @@ def test_benchmark_audit_deposit_and_draft_on_s3_read_back_independently(s3_serv
     assert check.passed, check.metadata
 
     # --- provenance_audit: JSON + HTML objects -------------------------------------------
-    res = _run(instance, resources, ["provenance_audit"], partition="r001")
-    assert res.success, _failure(res)
-    mat = _mat(res, "provenance_audit")
+    res = materialize(instance, resources, ["provenance_audit"], partition="r001")
+    assert res.success, failure_text(res, traceback=True)
+    mat = materialization(res, "provenance_audit")
     assert mat.metadata["dagster/uri"].value.startswith(f"{root}/provenance_audit/r001/")
     report = json.loads(fs.cat_file(_key(mat.metadata["report_json"].value)))
     assert report["ok"] and {lk["asset"] for lk in report["links"]} >= {"raw_acquisition"}
@@ -190,8 +149,8 @@ def test_benchmark_audit_deposit_and_draft_on_s3_read_back_independently(s3_serv
 
     # --- deposit_package: bag built in scratch, published, marker last ------------------
     res = _deposit(instance, resources)
-    assert res.success, _failure(res)
-    mat = _mat(res, "deposit_package")
+    assert res.success, failure_text(res, traceback=True)
+    mat = materialization(res, "deposit_package")
     bag_url = mat.metadata["dagster/uri"].value
     assert bag_url.startswith(f"{root}/deposit_package/") and bag_url.endswith("/bag")
     assert "marked complete" in mat.metadata["storage_mode"].value
@@ -243,17 +202,16 @@ def test_benchmark_audit_deposit_and_draft_on_s3_read_back_independently(s3_serv
 
     # a rerun reuses the package after validating it where it is
     again = _deposit(instance, resources)
-    assert again.success and _mat(again, "deposit_package").metadata["dagster/uri"].value == (
-        bag_url
-    )
-    assert "reused" in _mat(again, "deposit_package").metadata["storage_mode"].value
+    assert again.success
+    assert materialization(again, "deposit_package").metadata["dagster/uri"].value == bag_url
+    assert "reused" in materialization(again, "deposit_package").metadata["storage_mode"].value
 
     # --- repository_draft from the bag in the bucket (loopback fake Figshare) -----------
     server = FakeFigshare(token=TOKEN).start()
     try:
         with_api = _resources(base, landing, root, api_url=server.api_url)
-        res = _run(instance, with_api, ["repository_draft"])
-        assert res.success, _failure(res)
+        res = materialize(instance, with_api, ["repository_draft"])
+        assert res.success, failure_text(res, traceback=True)
         (zipped,) = [f for f in server.files.values() if f["name"].endswith(".bag.zip")]
         with zipfile.ZipFile(io.BytesIO(zipped["blob"])) as zf:
             names = zf.namelist()
@@ -273,13 +231,17 @@ def test_benchmark_audit_deposit_and_draft_on_s3_read_back_independently(s3_serv
         assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
         assert f"{victim}: sha256 is" in ev.description
         assert f"{victim}: sha512 is" in ev.description and bag_url in ev.description
-        res = _run(instance, with_api, ["repository_draft"])
+        res = materialize(instance, with_api, ["repository_draft"])
         assert not res.success
-        msg = _failure(res)
+        msg = failure_text(res, traceback=True)
         assert "nothing uploaded" in msg and victim in msg and "corrupt object" in msg
         assert len(server.log) == n_requests  # not a single request
         reuse = _deposit(instance, resources)  # reuse refuses the altered bag, naming it
-        assert not reuse.success and victim in _failure(reuse) and "to rebuild" in _failure(reuse)
+        assert (
+            not reuse.success
+            and victim in failure_text(reuse, traceback=True)
+            and "to rebuild" in failure_text(reuse, traceback=True)
+        )
     finally:
         server.stop()
 
@@ -302,7 +264,7 @@ def test_interrupted_publication_leaves_no_marker_and_the_rerun_publishes(
     monkeypatch.setattr(storage, "_put_file", put_then_fail)
     failed = _deposit(instance, resources)
     assert not failed.success and uploads["n"] == 5
-    assert "injected" in _failure(failed)
+    assert "injected" in failure_text(failed, traceback=True)
     (folder,) = {k.split("/", 1)[0] for k in storage.list_files(f"{root}/deposit_package")}
     bag_url = f"{root}/deposit_package/{folder}/bag"
     assert len(storage.list_files(bag_url)) == 5  # five objects, but no marker, no summary
@@ -313,8 +275,8 @@ def test_interrupted_publication_leaves_no_marker_and_the_rerun_publishes(
 
     monkeypatch.setattr(storage, "_put_file", real_put)
     rerun = _deposit(instance, resources)
-    assert rerun.success, _failure(rerun)
-    assert _mat(rerun, "deposit_package").metadata["dagster/uri"].value == bag_url
+    assert rerun.success, failure_text(rerun, traceback=True)
+    assert materialization(rerun, "deposit_package").metadata["dagster/uri"].value == bag_url
     summary = core_bag.validate_bag_at(bag_url)  # streamed sha256 + sha512 of every object
     assert summary["algorithms"] == ["sha256", "sha512"] and summary["payload_files"] > 16
     marker = storage.read_json(bag_url + storage.COMPLETE_SUFFIX)
@@ -323,7 +285,7 @@ def test_interrupted_publication_leaves_no_marker_and_the_rerun_publishes(
 
 def test_source_fixity_reads_the_manifest_object_and_names_drift(region_on_s3, s3_server):
     instance, resources, _, landing, root = region_on_s3
-    fs = _s3(s3_server.endpoint_url)
+    fs = s3_client(s3_server.endpoint_url)
     victim = sorted((landing / "r001").glob("*.dat"))[5]
     original = victim.read_bytes()
     try:
@@ -349,7 +311,7 @@ def test_source_fixity_reads_the_manifest_object_and_names_drift(region_on_s3, s
 def test_tables_round_trip_through_the_bucket_and_parquet_goes_last(
     s3_server, tmp_path, monkeypatch
 ):
-    fs = _s3(s3_server.endpoint_url)
+    fs = s3_client(s3_server.endpoint_url)
     df = pd.DataFrame(
         {
             "experiment": ["a", "b"],
