@@ -31,6 +31,7 @@ from fib_assets.defs.training.partitions import (
     role_targets,
 )
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import failure_text, materialization, materialize
 
 REPO = Path(__file__).resolve().parents[2]
 REGIONS = ["r001", "r002"]
@@ -100,35 +101,6 @@ def _assets(family_defs: dg.Definitions) -> list:
         if not {k.asset_key.to_user_string() for k in c.check_keys} & TRAINING_KEYS
     ]
     return [*project_assets, *project_checks, *family_defs.assets, *family_defs.asset_checks]
-
-
-def _run(assets, instance, resources, selection, partition=None, run_config=None):
-    return dg.materialize(
-        assets,
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=run_config,
-    )
-
-
-def _mat(result, key: str) -> dg.AssetMaterialization:
-    (mat,) = [
-        m.materialization
-        for m in result.get_asset_materialization_events()
-        if m.asset_key.to_user_string() == key
-    ]
-    return mat
-
-
-def _failure(result) -> str:
-    return " ".join(
-        str(e.event_specific_data.error.message)
-        for e in result.all_events
-        if e.event_type_value == "STEP_FAILURE"
-    )
 
 
 def _infer(experiment: str, ops=("predictions", "segmentation")) -> dict:
@@ -226,22 +198,22 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
                 crop_shape=(16, 16, 16),
                 seed=i,
             )
-            upstream = _run(
-                assets,
+            upstream = materialize(
                 instance,
                 resources,
                 ["raw_acquisition", "raw_volume", "volume_zarr", "ground_truth_crops"],
                 region,
                 {"ops": {"volume_zarr": {"config": {"chunk_size": 16}}}},
+                assets=assets,
             )
-            assert upstream.success, _failure(upstream)
+            assert upstream.success, failure_text(upstream)
 
         # a seeded split of the two regions: one trains, one is held out for testing
-        split = _run(assets, instance, resources, ["training_split"])
-        assert split.success, _failure(split)
+        split = materialize(instance, resources, ["training_split"], assets=assets)
+        assert split.success, failure_text(split)
         (check,) = split.get_asset_check_evaluations()
         assert check.check_name == SPLIT_DISJOINT and check.passed
-        meta = _mat(split, "training_split").metadata
+        meta = materialization(split, "training_split").metadata
         assignment = meta["assignment"].value
         assert sorted(assignment) == REGIONS and sorted(assignment.values()) == ["test", "train"]
         (train_region,) = meta["train_regions"].value
@@ -251,9 +223,9 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         )
 
         # a 3-step model: checkpoint + model card, data version = sha256 of the checkpoint
-        trained = _run(assets, instance, resources, ["organelle_model"], "tiny_mito")
-        assert trained.success, _failure(trained)
-        mat = _mat(trained, "organelle_model")
+        trained = materialize(instance, resources, ["organelle_model"], "tiny_mito", assets=assets)
+        assert trained.success, failure_text(trained)
+        mat = materialization(trained, "organelle_model")
         ckpt = Path(mat.metadata["checkpoint"].value)
         assert ckpt.is_file() and ckpt.parent.parent == storage / "organelle_model" / "tiny_mito"
         sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
@@ -269,7 +241,8 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert versions[f"{train_region}:ground_truth_crops"] == current.data_version
         assert versions[f"{train_region}:volume_zarr"]
         assert (
-            versions["training_split"] == _mat(split, "training_split").tags["dagster/data_version"]
+            versions["training_split"]
+            == materialization(split, "training_split").tags["dagster/data_version"]
         )
         assert card["metrics"]["validation_dice"] is not None  # the held-out crop of train
         assert "| classes | mito, er |" in mat.metadata["model_card"].value
@@ -277,11 +250,13 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert checks[CHECKPOINT_PREDICTS].passed
 
         # fine-tuning records where it started from
-        tuned = _run(assets, instance, resources, ["organelle_model"], "tiny_transfer")
-        assert tuned.success, _failure(tuned)
+        tuned = materialize(
+            instance, resources, ["organelle_model"], "tiny_transfer", assets=assets
+        )
+        assert tuned.success, failure_text(tuned)
         tuned_card = json.loads(
             (
-                Path(_mat(tuned, "organelle_model").metadata["dagster/uri"].value)
+                Path(materialization(tuned, "organelle_model").metadata["dagster/uri"].value)
                 / "model_card.json"
             ).read_text()
         )
@@ -289,27 +264,27 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert tuned_card["initialization"]["checkpoint_sha256"] == sha
 
         # a GPU experiment on this CPU machine fails at once, saying where it runs
-        gpu = _run(assets, instance, resources, ["organelle_model"], "tiny_gpu")
-        assert not gpu.success and "GPU node pool" in _failure(gpu)
+        gpu = materialize(instance, resources, ["organelle_model"], "tiny_gpu", assets=assets)
+        assert not gpu.success and "GPU node pool" in failure_text(gpu)
 
         # predictions + segmentation of the test region with the tiny model
-        inferred = _run(
-            assets,
+        inferred = materialize(
             instance,
             resources,
             ["predictions", "segmentation"],
             test_region,
             _infer("tiny_mito"),
+            assets=assets,
         )
-        assert inferred.success, _failure(inferred)
-        pred = _mat(inferred, "predictions").metadata
+        assert inferred.success, failure_text(inferred)
+        pred = materialization(inferred, "predictions").metadata
         assert pred["checkpoint_sha256"].value == sha
         assert "data:image/png;base64" in pred["preview"].value
         container = Path(pred["dagster/uri"].value)
         for cls in ("mito", "er"):
             arr = zarr.open_array(str(container / "predictions" / cls / "s0"), mode="r")
             assert arr.shape == SHAPE and arr.dtype == np.uint8
-        seg = _mat(inferred, "segmentation").metadata
+        seg = materialization(inferred, "segmentation").metadata
         assert seg["region_role"].value == "test" and seg["test_region"].value is True
         for cls in ("mito", "er"):
             assert 0.0 <= seg[f"dice_{cls}"].value <= 1.0
@@ -323,27 +298,27 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         }
 
         # rerun: every block is already done, nothing is recomputed
-        again = _run(
-            assets,
+        again = materialize(
             instance,
             resources,
             ["predictions"],
             test_region,
             _infer("tiny_mito", ["predictions"]),
+            assets=assets,
         )
         assert again.success
-        assert _mat(again, "predictions").metadata["blocks_computed"].value == 0
+        assert materialization(again, "predictions").metadata["blocks_computed"].value == 0
 
         # segmentation of an experiment whose predictions do not exist fails clearly
-        missing = _run(
-            assets,
+        missing = materialize(
             instance,
             resources,
             ["segmentation"],
             test_region,
             _infer("tiny_transfer", ["segmentation"]),
+            assets=assets,
         )
-        assert not missing.success and "no materialization with experiment" in _failure(missing)
+        assert not missing.success and "no materialization with experiment" in failure_text(missing)
 
         # the demo's training step: reuses the split and both models, segments the test region
         # with tiny_transfer (new) and reuses tiny_mito's segmentation (same checkpoint)
@@ -402,16 +377,18 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         assert set(infra["infrastructure"]) == {"local_cpu"}
         assert (infra["cost_usd"] > 0).all()
         # a training region gets no evaluation rows (its score would be biased)
-        train_eval = _run(eval_defs.assets, instance, resources, ["evaluation"],
-                          train_region)  # fmt: skip
+        train_eval = materialize(
+            instance, resources, ["evaluation"], train_region, assets=eval_defs.assets
+        )
         assert (
             train_eval.success
-            and _mat(train_eval, "evaluation").metadata["dagster/row_count"].value == 0
+            and materialization(train_eval, "evaluation").metadata["dagster/row_count"].value == 0
         )
         # asking the benchmark for more test regions than exist fails its check
-        too_many = _run(
-            eval_defs.assets, instance, resources, ["segmentation_benchmark"], None,
+        too_many = materialize(
+            instance, resources, ["segmentation_benchmark"], None,
             {"ops": {"segmentation_benchmark": {"config": {"n_regions": 3}}}},
+            assets=eval_defs.assets,
         )  # fmt: skip
         assert too_many.success
         assert not [e for e in too_many.get_asset_check_evaluations()][0].passed
@@ -420,34 +397,44 @@ def test_split_model_predictions_and_segmentation(tmp_path, sample, family):
         # the region's test crops, corrections arrive in the inbox with the effort model's
         # minutes, and ground_truth_crops turns them into the next accepted revision
         before = labels.RevisionStore(storage / "ground_truth_crops" / train_region).current()
-        pred = _run(eval_defs.assets, instance, resources, ["predictions"], train_region,
-                    _infer("tiny_mito", ["predictions"]))  # fmt: skip
+        pred = materialize(
+            instance,
+            resources,
+            ["predictions"],
+            train_region,
+            _infer("tiny_mito", ["predictions"]),
+            assets=eval_defs.assets,
+        )
         assert pred.success
-        tasks_run = _run(
-            eval_defs.assets, instance, resources, ["proofreading_tasks"], train_region,
+        tasks_run = materialize(
+            instance, resources, ["proofreading_tasks"], train_region,
             {"ops": {"proofreading_tasks": {"config": {"k": 2, "block_edge": 8}}}},
+            assets=eval_defs.assets,
         )  # fmt: skip
-        assert tasks_run.success, _failure(tasks_run)
+        assert tasks_run.success, failure_text(tasks_run)
         from fib_assets.core.curation.tasks import TaskList
 
         task_list = TaskList.load(
-            str(_mat(tasks_run, "proofreading_tasks").metadata["dagster/uri"].value)
+            str(materialization(tasks_run, "proofreading_tasks").metadata["dagster/uri"].value)
         )
         assert len(task_list.tasks) == 2
         held_out = [c.roi for c in before.crops if c.split != "train"]
         for task in task_list.tasks:
             assert all(task.roi.intersect(t).size == 0 for t in held_out)
             assert Path(task.container).is_dir()
-        sim = _run(
-            eval_defs.assets, instance, resources, ["simulated_corrections"], train_region,
+        sim = materialize(
+            instance, resources, ["simulated_corrections"], train_region,
             {"ops": {"simulated_corrections": {"config": {
                 "truth_dir": str(sample / "groundtruth"), "correction_round": 1}}}},
+            assets=eval_defs.assets,
         )  # fmt: skip
-        assert sim.success, _failure(sim)
-        sim_meta = _mat(sim, "simulated_corrections").metadata
+        assert sim.success, failure_text(sim)
+        sim_meta = materialization(sim, "simulated_corrections").metadata
         assert sim_meta["curator_minutes"].value > 0
-        gt = _run(eval_defs.assets, instance, resources, ["ground_truth_crops"], train_region)
-        assert gt.success, _failure(gt)
+        gt = materialize(
+            instance, resources, ["ground_truth_crops"], train_region, assets=eval_defs.assets
+        )
+        assert gt.success, failure_text(gt)
         after = labels.RevisionStore(storage / "ground_truth_crops" / train_region).current()
         assert after.number > before.number
         new_crops = {c.name for c in after.crops} - {c.name for c in before.crops}
