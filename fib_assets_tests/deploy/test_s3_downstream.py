@@ -20,7 +20,6 @@ import dagster as dg
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 import tensorstore as ts
 import torch
 import yaml
@@ -35,8 +34,9 @@ from fib_assets.defs.partitions import regions
 from fib_assets.defs.resources import StorageResource
 from fib_assets.defs.training import build_defs
 from fib_assets_tests.conftest import code_location_resources
+from fib_assets_tests.dagster_helpers import failure_text, materialization, materialize, metadata_of
 from fib_assets_tests.defs.test_training import TINY, TINY_TRANSFER, _assets
-from fib_assets_tests.deploy.conftest import S3_TEST_ENV
+from fib_assets_tests.deploy.conftest import s3_client
 
 pytestmark = pytest.mark.s3
 
@@ -85,55 +85,12 @@ def _resources(tmp_path: Path, sample: Path, root: str, name: str) -> dict:
     return res
 
 
-def _run(assets, instance, resources, selection, partition=None, run_config=None):
-    return dg.materialize(
-        assets,
-        selection=selection,
-        partition_key=partition,
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-        run_config=run_config,
-    )
-
-
-def _mat(result, key: str) -> dg.AssetMaterialization:
-    (mat,) = [
-        m.materialization
-        for m in result.get_asset_materialization_events()
-        if m.asset_key.to_user_string() == key
-    ]
-    return mat
-
-
-def _meta(result, key: str) -> dict:
-    return {k: v.value for k, v in _mat(result, key).metadata.items()}
-
-
-def _failure(result) -> str:
-    return " ".join(
-        e.step_failure_data.error.to_string() for e in result.all_events if e.is_step_failure
-    )
-
-
-def _fs(endpoint: str, *, asynchronous: bool = False) -> s3fs.S3FileSystem:
-    """An s3fs client of our own (not fib_assets.core.storage's), for independent reads."""
-    return s3fs.S3FileSystem(
-        key=S3_TEST_ENV["AWS_ACCESS_KEY_ID"],
-        secret=S3_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
-        endpoint_url=endpoint,
-        use_listings_cache=False,
-        skip_instance_cache=True,
-        asynchronous=asynchronous,
-    )
-
-
 def _key(url: str) -> str:
     return url.removeprefix("s3://")
 
 
 def _zarr_array(endpoint: str, url: str) -> np.ndarray:
-    store = FsspecStore(fs=_fs(endpoint, asynchronous=True), path=_key(url), read_only=True)
+    store = FsspecStore(fs=s3_client(endpoint, asynchronous=True), path=_key(url), read_only=True)
     return np.asarray(zarr.open_array(store, mode="r")[...])
 
 
@@ -156,7 +113,7 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
 ):
     assets = _family(tmp_path)
     root = s3_server.url("downstream")
-    fs = _fs(s3_server.endpoint_url)
+    fs = s3_client(s3_server.endpoint_url)
     remote = _resources(tmp_path, sample, root, "s3run")
     local = _resources(tmp_path, sample, str(tmp_path / "local" / "storage"), "localrun")
     ops = ("predictions", "segmentation")
@@ -172,16 +129,16 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
             inst.add_dynamic_partitions(regions.name, [REGION])
 
         # --- ground truth: the same revision (same data version) as on a local root ----------
-        up = _run(assets, instance, remote, UPSTREAM, REGION, SMALL_ZARR)
-        assert up.success, _failure(up)
-        local_up = _run(assets, li, local, UPSTREAM, REGION, SMALL_ZARR)
-        assert local_up.success, _failure(local_up)
-        gt = _meta(up, "ground_truth_crops")
+        up = materialize(instance, remote, UPSTREAM, REGION, SMALL_ZARR, assets=assets)
+        assert up.success, failure_text(up, traceback=True)
+        local_up = materialize(li, local, UPSTREAM, REGION, SMALL_ZARR, assets=assets)
+        assert local_up.success, failure_text(local_up, traceback=True)
+        gt = metadata_of(up, "ground_truth_crops")
         rev_url = gt["dagster/uri"]
         assert rev_url == f"{root}/ground_truth_crops/{REGION}/rev-0001"
         assert (
-            _mat(up, "ground_truth_crops").tags["dagster/data_version"]
-            == _mat(local_up, "ground_truth_crops").tags["dagster/data_version"]
+            materialization(up, "ground_truth_crops").tags["dagster/data_version"]
+            == materialization(local_up, "ground_truth_crops").tags["dagster/data_version"]
         )
         assert all(e.passed for e in up.get_asset_check_evaluations())
         assert not (tmp_path / "s3run" / "storage").exists()  # nothing went to a local root
@@ -205,15 +162,15 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
         )
 
         # --- a tiny model, and a fine-tuning initialised from its S3 checkpoint ---------------
-        split = _run(assets, instance, remote, ["training_split"])
-        assert split.success, _failure(split)
-        trained = _run(assets, instance, remote, ["organelle_model"], "tiny_mito")
-        assert trained.success, _failure(trained)
-        model = _meta(trained, "organelle_model")
+        split = materialize(instance, remote, ["training_split"], assets=assets)
+        assert split.success, failure_text(split, traceback=True)
+        trained = materialize(instance, remote, ["organelle_model"], "tiny_mito", assets=assets)
+        assert trained.success, failure_text(trained, traceback=True)
+        model = metadata_of(trained, "organelle_model")
         ckpt = model["checkpoint"]
         sha = model["checkpoint_sha256"]
         assert ckpt == f"{root}/organelle_model/tiny_mito/{sha[:16]}/model.pt"
-        assert _mat(trained, "organelle_model").tags["dagster/data_version"] == sha
+        assert materialization(trained, "organelle_model").tags["dagster/data_version"] == sha
         assert {e.check_name: e.passed for e in trained.get_asset_check_evaluations()} == {
             "checkpoint_loads_and_predicts_finite": True
         }
@@ -234,23 +191,27 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
         # the training state mirror is gone once the model is published
         assert not [k for k in fs.ls(_key(f"{root}/organelle_model/tiny_mito")) if ".train-" in k]
 
-        tuned = _run(assets, instance, remote, ["organelle_model"], "tiny_transfer")
-        assert tuned.success, _failure(tuned)
+        tuned = materialize(instance, remote, ["organelle_model"], "tiny_transfer", assets=assets)
+        assert tuned.success, failure_text(tuned, traceback=True)
         tuned_card = json.loads(
-            fs.cat_file(_key(f"{_meta(tuned, 'organelle_model')['dagster/uri']}/model_card.json"))
+            fs.cat_file(
+                _key(f"{metadata_of(tuned, 'organelle_model')['dagster/uri']}/model_card.json")
+            )
         )
         assert tuned_card["initialization"]["checkpoint"] == ckpt
         assert tuned_card["initialization"]["checkpoint_sha256"] == sha
 
         # --- predictions and segmentation, equal to a local run with the same checkpoint ------
-        inferred = _run(assets, instance, remote, ["predictions", "segmentation"], REGION, infer)
-        assert inferred.success, _failure(inferred)
-        pred = _meta(inferred, "predictions")
+        inferred = materialize(
+            instance, remote, ["predictions", "segmentation"], REGION, infer, assets=assets
+        )
+        assert inferred.success, failure_text(inferred, traceback=True)
+        pred = metadata_of(inferred, "predictions")
         pred_url = pred["dagster/uri"]
         assert pred_url.startswith(f"{root}/predictions/{REGION}/") and pred["checkpoint"] == ckpt
         assert fs.exists(_key(pred_url + storage.COMPLETE_SUFFIX))
         assert all(e.passed for e in inferred.get_asset_check_evaluations())
-        local_raw = _meta(local_up, "volume_zarr")["dagster/uri"]
+        local_raw = metadata_of(local_up, "volume_zarr")["dagster/uri"]
         plan = plan_prediction(
             downloaded, local_raw, tmp_path / "local-pred.zarr", block_shape=pred["block_shape"]
         )
@@ -259,7 +220,7 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
             on_s3 = _ts_array(s3_server, f"{pred_url}/predictions/{cls}/s0")
             assert on_s3.shape == SHAPE and on_s3.dtype == np.uint8
             np.testing.assert_array_equal(on_s3, read_array(plan.out_path, f"predictions/{cls}"))
-        seg = _meta(inferred, "segmentation")
+        seg = metadata_of(inferred, "segmentation")
         seg_url = seg["dagster/uri"]
         assert fs.exists(_key(seg_url + storage.COMPLETE_SUFFIX))
         assert "uploaded, read back" in seg["storage_mode"]
@@ -275,12 +236,12 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
             assert 0.0 <= seg[f"dice_{cls}"] <= 1.0
 
         # --- one correction round: tasks published on S3, corrections via the (local) inbox ---
-        tasks_run = _run(
-            assets, instance, remote, ["proofreading_tasks"], REGION,
-            {"ops": {"proofreading_tasks": {"config": {"k": 1, "block_edge": 8}}}},
+        tasks_run = materialize(
+            instance, remote, ["proofreading_tasks"], REGION,
+            {"ops": {"proofreading_tasks": {"config": {"k": 1, "block_edge": 8}}}}, assets=assets,
         )  # fmt: skip
-        assert tasks_run.success, _failure(tasks_run)
-        task_dir = _meta(tasks_run, "proofreading_tasks")["dagster/uri"]
+        assert tasks_run.success, failure_text(tasks_run, traceback=True)
+        task_dir = metadata_of(tasks_run, "proofreading_tasks")["dagster/uri"]
         assert task_dir.startswith(f"{root}/proofreading_tasks/{REGION}/")
         assert fs.exists(_key(task_dir + storage.COMPLETE_SUFFIX))
         (task,) = json.loads(fs.cat_file(_key(f"{task_dir}/tasks.json")))["tasks"]
@@ -290,15 +251,15 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
             "driver": "s3", "bucket": s3_server.bucket, "endpoint": s3_server.endpoint_url,
             "path": n5}}).result()  # fmt: skip
         assert tuple(raw_ctx.shape) == tuple(reversed(task["roi_voxels"]["shape"]))
-        sim = _run(
-            assets, instance, remote, ["simulated_corrections"], REGION,
+        sim = materialize(
+            instance, remote, ["simulated_corrections"], REGION,
             {"ops": {"simulated_corrections": {"config": {
-                "truth_dir": str(sample / "groundtruth")}}}},
+                "truth_dir": str(sample / "groundtruth")}}}}, assets=assets,
         )  # fmt: skip
-        assert sim.success, _failure(sim)
-        second = _run(assets, instance, remote, ["ground_truth_crops"], REGION)
-        assert second.success, _failure(second)
-        assert _meta(second, "ground_truth_crops")["dagster/uri"].endswith("/rev-0002")
+        assert sim.success, failure_text(sim, traceback=True)
+        second = materialize(instance, remote, ["ground_truth_crops"], REGION, assets=assets)
+        assert second.success, failure_text(second, traceback=True)
+        assert metadata_of(second, "ground_truth_crops")["dagster/uri"].endswith("/rev-0002")
         roi = task["roi_voxels"]
         sl = tuple(slice(o, o + n) for o, n in zip(roi["offset"], roi["shape"], strict=True))
         np.testing.assert_array_equal(
@@ -315,10 +276,11 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
         assert len(markers) == pred["blocks_total"] > 1
         fs.rm(markers[:2])
         shutil.rmtree(scratch, ignore_errors=True)
-        again = _run(assets, instance, remote, ["predictions"], REGION,
-                     {"ops": {"predictions": infer["ops"]["predictions"]}})  # fmt: skip
-        assert again.success, _failure(again)
-        assert _meta(again, "predictions")["blocks_computed"] == 2
+        again = materialize(instance, remote, ["predictions"], REGION,
+                            {"ops": {"predictions": infer["ops"]["predictions"]}},
+                            assets=assets)  # fmt: skip
+        assert again.success, failure_text(again, traceback=True)
+        assert metadata_of(again, "predictions")["blocks_computed"] == 2
         np.testing.assert_array_equal(
             _ts_array(s3_server, f"{pred_url}/predictions/mito/s0"),
             read_array(plan.out_path, "predictions/mito"),
@@ -334,8 +296,10 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
 
         monkeypatch.setattr(storage, "_put_file", die_at_the_card)
         retrain = {"ops": {"organelle_model": {"config": {"iterations": 2}}}}
-        failed = _run(assets, instance, remote, ["organelle_model"], "tiny_mito", retrain)
-        assert not failed.success and "connection reset" in _failure(failed)
+        failed = materialize(
+            instance, remote, ["organelle_model"], "tiny_mito", retrain, assets=assets
+        )
+        assert not failed.success and "connection reset" in failure_text(failed, traceback=True)
         exp = f"{root}/organelle_model/tiny_mito"
         half = [n for n in storage.list_names(exp) if len(n) == 16 and n != sha[:16]]
         assert len(half) == 1  # the new model's folder, with its checkpoint uploaded ...
@@ -353,9 +317,11 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
         assert storage.is_complete(f"{exp}/{mirror}")
         monkeypatch.setattr(storage, "_put_file", real_put)
         shutil.rmtree(scratch, ignore_errors=True)  # a new pod: the local training folder is gone
-        healed = _run(assets, instance, remote, ["organelle_model"], "tiny_mito", retrain)
-        assert healed.success, _failure(healed)
-        healed_dir = _meta(healed, "organelle_model")["dagster/uri"]
+        healed = materialize(
+            instance, remote, ["organelle_model"], "tiny_mito", retrain, assets=assets
+        )
+        assert healed.success, failure_text(healed, traceback=True)
+        healed_dir = metadata_of(healed, "organelle_model")["dagster/uri"]
         assert storage.is_complete(healed_dir) and healed_dir.endswith(half[0])
         healed_card = json.loads(fs.cat_file(_key(f"{healed_dir}/model_card.json")))
         assert healed_card["resumed_from_step"] == 2  # resumed from the mirror, not retrained
@@ -363,7 +329,7 @@ def test_downstream_families_on_s3_match_a_local_run_and_independent_readers(
 
         # --- a failing block is never marked done, and the container never complete -----------
         out = f"{root}/predictions/{REGION}/failing.zarr"
-        raw_url = _meta(up, "volume_zarr")["dagster/uri"]
+        raw_url = metadata_of(up, "volume_zarr")["dagster/uri"]
         failing = plan_prediction(ckpt, raw_url, out, block_shape=pred["block_shape"])
         seen: list[str] = []
 
