@@ -170,6 +170,7 @@ def library_versions() -> dict[str, str]:
         "tifffile",
         "pyarrow",
         "numcodecs",
+        "xxhash",
     ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
