@@ -372,6 +372,13 @@ class Augmentation:
     Geometric ones (flips, axis transposes among axes with equal voxel size and patch shape,
     optional elastic deformation) move raw and labels together; intensity ones (scale, shift,
     gamma) change raw only. Ranges are (min, max); ``None`` disables an augmentation.
+
+    Acquisition artefacts of FIB-SEM, off by default, applied after the intensity ones in the
+    order the instrument makes them: ``gain_ramp`` = (max gain change, max offset change) end
+    to end along a random axis (brightness drift: ``raw * (1 + a t) + b t``, ``t`` in
+    [-1/2, 1/2]); ``streaks`` = the largest standard deviation of per-column offsets constant
+    along y (curtaining; smooth along x); ``saturation`` = (min, max) fraction of the patch's
+    brightest voxels clipped to the value at that quantile (a detector gain set too high).
     """
 
     flips: bool = True
@@ -381,6 +388,9 @@ class Augmentation:
     gamma: tuple[float, float] | None = (0.8, 1.25)
     elastic_sigma_vox: float | None = None  # displacement magnitude (voxels); None: off
     elastic_grid: int = 4  # control points per axis of the smooth displacement field
+    gain_ramp: tuple[float, float] | None = None
+    streaks: float | None = None
+    saturation: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("intensity_scale", "intensity_shift", "gamma"):
@@ -394,6 +404,23 @@ class Augmentation:
                 object.__setattr__(self, name, r)
         if self.elastic_sigma_vox is not None and self.elastic_sigma_vox < 0:
             raise ValueError(f"elastic_sigma_vox must be >= 0, got {self.elastic_sigma_vox!r}")
+        if self.gain_ramp is not None:
+            g = (float(self.gain_ramp[0]), float(self.gain_ramp[1]))
+            if not (0.0 <= g[0] < 2.0 and g[1] >= 0.0):
+                raise ValueError(
+                    "augmentation gain_ramp must be (max gain change in [0, 2), max offset "
+                    f"change >= 0), got {list(self.gain_ramp)}"
+                )
+            object.__setattr__(self, "gain_ramp", g)
+        if self.streaks is not None and not self.streaks >= 0:
+            raise ValueError(f"augmentation streaks must be >= 0, got {self.streaks!r}")
+        if self.saturation is not None:
+            f = (float(self.saturation[0]), float(self.saturation[1]))
+            if not 0.0 <= f[0] <= f[1] < 1.0:
+                raise ValueError(
+                    f"augmentation saturation must be fractions 0 <= min <= max < 1, got {list(f)}"
+                )
+            object.__setattr__(self, "saturation", f)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _listify(getattr(self, f.name)) for f in fields(self)}
@@ -411,7 +438,7 @@ class Augmentation:
 
     @classmethod
     def none(cls) -> Augmentation:
-        return cls(False, False, None, None, None, None)
+        return cls(False, False, None, None, None, None, 4, None, None, None)
 
     def apply(
         self,
@@ -452,7 +479,31 @@ class Augmentation:
             raw = raw * np.float32(rng.uniform(*self.intensity_scale))
         if self.intensity_shift is not None:
             raw = raw + np.float32(rng.uniform(*self.intensity_shift))
+        raw = self._artefacts(raw, rng)
         return np.ascontiguousarray(raw, dtype=np.float32), np.ascontiguousarray(labels)
+
+    def _artefacts(self, raw: Float, rng: np.random.Generator) -> Float:
+        """Brightness drift, curtaining and saturation (see the class docstring)."""
+        if self.gain_ramp is not None:
+            axis = int(rng.integers(0, 3))
+            n = raw.shape[axis]
+            t = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / max(n - 1, 1)
+            shape = [1, 1, 1]
+            shape[axis] = n
+            t = t.reshape(shape)
+            a = np.float32(rng.uniform(-self.gain_ramp[0], self.gain_ramp[0]))
+            b = np.float32(rng.uniform(-self.gain_ramp[1], self.gain_ramp[1]))
+            raw = raw * (1 + a * t) + b * t
+        if self.streaks:
+            sigma = float(rng.uniform(0.0, self.streaks))
+            nz, _, nx = raw.shape
+            offsets = rng.normal(0.0, sigma, size=(nz, 1, nx)).astype(np.float32)
+            raw = raw + ndimage.uniform_filter1d(offsets, size=3, axis=2, mode="nearest")
+        if self.saturation is not None:
+            f = float(rng.uniform(*self.saturation))
+            if f > 0:
+                raw = np.minimum(raw, np.float32(np.quantile(raw, 1.0 - f)))
+        return np.asarray(raw, dtype=np.float32)
 
 
 def _listify(v: Any) -> Any:

@@ -134,3 +134,65 @@ def test_augmentation_keeps_raw_and_labels_aligned() -> None:
         aug.apply(raw[:-1], labels, rng)
     with pytest.raises(ValueError, match="gamma"):
         Augmentation(gamma=(1.2, 0.8))
+
+
+def _only(**artefact) -> Augmentation:
+    """No geometric or intensity augmentation, only the given acquisition artefact."""
+    return Augmentation(False, False, None, None, None, **artefact)
+
+
+def test_saturation_clips_the_brightest_fraction_and_keeps_the_rest() -> None:
+    raw = np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32)
+    labels = np.zeros((20, 20, 20), np.uint8)
+    out, lab = _only(saturation=(0.3, 0.3)).apply(raw, labels, np.random.default_rng(1))
+    cut = np.quantile(raw, 0.7)
+    assert np.isclose(out.max(), cut)
+    assert abs(np.mean(raw >= cut) - 0.3) < 0.01 and np.mean(out == out.max()) > 0.29
+    keep = raw < cut
+    np.testing.assert_array_equal(out[keep], raw[keep])
+    np.testing.assert_array_equal(lab, labels)
+
+
+def test_gain_ramp_is_linear_along_one_axis() -> None:
+    raw = np.ones((9, 9, 9), np.float32)
+    labels = np.zeros((9, 9, 9), np.uint8)
+    for seed in range(4):
+        out, _ = _only(gain_ramp=(0.8, 0.0)).apply(raw, labels, np.random.default_rng(seed))
+        varying = [
+            a
+            for a in range(3)
+            if np.ptp(out.mean(axis=tuple(b for b in range(3) if b != a))) > 1e-6
+        ]
+        assert len(varying) == 1  # one axis, constant across the other two
+        profile = np.moveaxis(out, varying[0], 0)[:, 0, 0]
+        np.testing.assert_allclose(np.diff(profile, 2), 0.0, atol=1e-6)  # linear
+        assert np.ptp(profile) <= 0.8 + 1e-6 and np.isclose(profile.mean(), 1.0, atol=1e-6)
+
+
+def test_streaks_are_constant_along_y() -> None:
+    raw = np.random.default_rng(2).normal(size=(6, 10, 12)).astype(np.float32)
+    labels = np.zeros((6, 10, 12), np.uint8)
+    out, _ = _only(streaks=0.5).apply(raw, labels, np.random.default_rng(3))
+    delta = out - raw
+    assert np.abs(delta).max() > 0
+    np.testing.assert_allclose(delta, np.broadcast_to(delta[:, :1, :], delta.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"saturation": (0.5, 0.2)}, "saturation"),
+        ({"saturation": (0.0, 1.0)}, "saturation"),
+        ({"gain_ramp": (2.5, 0.0)}, "gain_ramp"),
+        ({"streaks": -1.0}, "streaks"),
+    ],
+)
+def test_artefact_augmentations_validate(change: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        Augmentation(**change)
+    assert Augmentation.from_dict(Augmentation(saturation=(0.0, 0.2)).to_dict()).saturation == (
+        0.0,
+        0.2,
+    )
+    none = Augmentation.none()
+    assert none.gain_ramp is None and none.streaks is None and none.saturation is None
